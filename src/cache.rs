@@ -1,0 +1,394 @@
+//! A cache directory and the answers it gives: the heart of the library.
+//!
+//! [`Cache::answer`] turns a method, path and headers into a [`Response`]; it knows nothing of
+//! sockets, so everything a client can observe is unit-testable. [`Cache::serve`] adds the
+//! network side: it writes the answer onto a `tiny_http` request and logs the access line.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use tiny_http::{Header, Method, Request};
+
+use crate::cache_info::CacheInfo;
+use crate::files;
+use crate::index::{Index, Lookup, ScanStats, fnv1a};
+use crate::range::{self, RangeAnswer};
+use crate::response::{Body, Response};
+use crate::route::{FileKind, Route, RouteError, route};
+use crate::send;
+
+/// How to open a cache directory.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The directory `nix copy --to file://…` wrote.
+    pub root: PathBuf,
+    /// Overrides `Priority:` in `nix-cache-info`.
+    pub priority: Option<u32>,
+    /// How often the index is rebuilt from disk; zero turns background rescans off.
+    pub rescan_interval: Duration,
+}
+
+impl Config {
+    pub fn new(root: impl Into<PathBuf>) -> Config {
+        Config {
+            root: root.into(),
+            priority: None,
+            rescan_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An open cache: cheap to clone and share between worker threads.
+#[derive(Clone)]
+pub struct Cache {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    root: PathBuf,
+    /// `root` with every link resolved: files must resolve below it.
+    canonical_root: PathBuf,
+    priority: Option<u32>,
+    info: RwLock<Arc<CacheInfo>>,
+    index: Index,
+}
+
+/// How long clients and proxies may keep each kind of answer.
+mod max_age {
+    /// NARs are named by their hash: they never change.
+    pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+    /// narinfo and nix-cache-info may be re-signed or replaced.
+    pub const SHORT: &str = "public, max-age=60";
+    /// Listings, logs and realisations belong to one store path but may be re-uploaded.
+    pub const MEDIUM: &str = "public, max-age=3600";
+    /// A missing path may be pushed a moment later.
+    pub const MISS: &str = "public, max-age=5";
+    pub const NONE: &str = "no-store";
+}
+
+impl Cache {
+    /// Opens `config.root`, reads its `nix-cache-info`, indexes every narinfo and, unless the
+    /// interval is zero, starts the background rescan.
+    pub fn open(config: Config) -> io::Result<Cache> {
+        let meta = std::fs::metadata(&config.root).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cache directory {}: {e}", config.root.display()),
+            )
+        })?;
+        if !meta.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a directory", config.root.display()),
+            ));
+        }
+        let canonical_root = std::fs::canonicalize(&config.root)?;
+        let info = CacheInfo::load(&config.root, config.priority)?;
+        let index = Index::new(&config.root, &info.store_dir);
+        let shared = Arc::new(Shared {
+            root: config.root.clone(),
+            canonical_root,
+            priority: config.priority,
+            info: RwLock::new(Arc::new(info)),
+            index,
+        });
+        let stats = shared.index.rescan()?;
+        log::info!(
+            "indexed {} narinfo files in {} ({} skipped) in {:.3}s",
+            stats.entries,
+            config.root.display(),
+            stats.skipped,
+            stats.duration.as_secs_f64()
+        );
+        if !config.rescan_interval.is_zero() {
+            start_rescans(Arc::downgrade(&shared), config.rescan_interval);
+        }
+        Ok(Cache { shared })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+
+    /// Number of narinfo files in the index.
+    pub fn len(&self) -> usize {
+        self.shared.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of NAR files the indexed narinfos point to (their `FileSize`).
+    pub fn total_nar_bytes(&self) -> u64 {
+        self.shared.index.total_file_size()
+    }
+
+    pub fn last_scan(&self) -> ScanStats {
+        self.shared.index.last_scan()
+    }
+
+    /// Rebuilds the index now (the background thread does this on its own).
+    pub fn rescan(&self) -> io::Result<ScanStats> {
+        self.shared.rescan()
+    }
+
+    /// Answers one request, `path` being relative to where the cache is mounted (`/nar/…`).
+    pub fn answer(&self, method: &Method, path: &str, headers: &[Header]) -> Response {
+        if !matches!(method, Method::Get | Method::Head) {
+            return Response::text(405, "only GET and HEAD are allowed here")
+                .header("Allow", "GET, HEAD")
+                .header("Cache-Control", max_age::NONE);
+        }
+        let path = path.split_once('?').map_or(path, |(p, _query)| p);
+        let result = match route(path) {
+            Ok(Route::CacheInfo) => Ok(self.cache_info()),
+            Ok(Route::NarInfo(hash)) => self.narinfo(hash),
+            Ok(Route::File(kind, rel)) => self.file(kind, rel),
+            Err(RouteError::NotFound) => Ok(not_found()),
+            Err(RouteError::BadPath) => {
+                return Response::text(
+                    400,
+                    "malformed path: only the characters Nix uses in cache paths are allowed",
+                )
+                .header("Cache-Control", max_age::NONE);
+            }
+        };
+        match result {
+            Ok(response) => conditional(response, headers),
+            Err(e) => {
+                log::error!("{path}: {e}");
+                Response::text(
+                    500,
+                    "the server could not read this file; the operator's log says why",
+                )
+                .header("Cache-Control", max_age::NONE)
+            }
+        }
+    }
+
+    /// Answers `request` and writes the response; `path` is the part after the mount prefix.
+    /// `close` asks the client to close the connection (used while shutting down).
+    pub fn serve(&self, request: Request, path: &str, close: bool) {
+        let start = Instant::now();
+        let response = self.answer(request.method(), path, request.headers());
+        send::send_logged(request, response, close, start);
+    }
+
+    fn cache_info(&self) -> Response {
+        let info = self
+            .shared
+            .info
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let etag = fnv1a(info.text.as_bytes());
+        Response::new(200, Body::bytes(info.text.as_bytes()))
+            .header("Content-Type", "text/x-nix-cache-info")
+            .header("Cache-Control", max_age::SHORT)
+            .header("ETag", format!("\"{etag:016x}\""))
+    }
+
+    fn narinfo(&self, hash: &str) -> io::Result<Response> {
+        match self.shared.index.get(hash) {
+            Ok(Lookup::Found(entry)) => Ok(Response::new(
+                200,
+                Body::Bytes(entry.body.clone(), 0..entry.body.len()),
+            )
+            .header("Content-Type", "text/x-nix-narinfo")
+            .header("Cache-Control", max_age::SHORT)
+            .header("ETag", format!("\"{:016x}\"", entry.etag))
+            .header(
+                "Last-Modified",
+                httpdate::fmt_http_date(entry.version.mtime),
+            )),
+            Ok(Lookup::Missing) => Ok(not_found()),
+            Err(e) if is_denied(&e) => Ok(denied(hash, &e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn file(&self, kind: FileKind, rel: &str) -> io::Result<Response> {
+        let path = self.shared.root.join(rel);
+        if !self.stays_inside(&path) {
+            log::warn!("{rel}: refused, its directory leads outside the cache");
+            return Ok(not_found());
+        }
+        let (file, meta) = match files::open_regular(&path) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(not_found()),
+            Err(e) if is_denied(&e) => return Ok(denied(rel, &e)),
+            Err(e) => return Err(e),
+        };
+        let (content_type, cache_control) = match kind {
+            FileKind::Nar => ("application/x-nix-nar", max_age::IMMUTABLE),
+            FileKind::Listing => ("application/json", max_age::MEDIUM),
+            FileKind::Log => ("text/plain; charset=utf-8", max_age::MEDIUM),
+            FileKind::Realisation | FileKind::DebugInfo => ("application/json", max_age::MEDIUM),
+        };
+        let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+        let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Ok(Response::new(
+            200,
+            Body::File {
+                file,
+                offset: 0,
+                len: meta.len(),
+            },
+        )
+        .header("Content-Type", content_type)
+        .header("Cache-Control", cache_control)
+        .header("ETag", format!("\"{secs:x}-{:x}\"", meta.len()))
+        .header("Last-Modified", httpdate::fmt_http_date(mtime)))
+    }
+
+    /// True if the directory holding `path` resolves inside the cache root, so that a linked
+    /// `nar/` or `log/` cannot lead elsewhere. (The file itself is opened without following links.)
+    fn stays_inside(&self, path: &Path) -> bool {
+        let Some(dir) = path.parent() else {
+            return false;
+        };
+        if dir == self.shared.root {
+            return true;
+        }
+        match std::fs::canonicalize(dir) {
+            Ok(real) => real.starts_with(&self.shared.canonical_root),
+            Err(_) => true, // A missing directory: opening the file will say "absent".
+        }
+    }
+}
+
+impl Shared {
+    fn rescan(&self) -> io::Result<ScanStats> {
+        match CacheInfo::load(&self.root, self.priority) {
+            Ok(info) => *self.info.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(info),
+            Err(e) => log::warn!(
+                "{}/nix-cache-info: {e}; keeping the previous one",
+                self.root.display()
+            ),
+        }
+        self.index.rescan()
+    }
+}
+
+/// The background rescan: ends when the cache is dropped.
+fn start_rescans(shared: Weak<Shared>, interval: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("rescan".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                match shared.rescan() {
+                    Ok(s) => log::debug!(
+                        "rescan: {} entries ({} unchanged, {} skipped) in {:.3}s",
+                        s.entries,
+                        s.reused,
+                        s.skipped,
+                        s.duration.as_secs_f64()
+                    ),
+                    Err(e) => log::error!("rescan of {} failed: {e}", shared.root.display()),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!(
+            "could not start the rescan thread: {e}; the index is refreshed per request only"
+        );
+    }
+}
+
+fn not_found() -> Response {
+    Response::text(404, "not in this cache").header("Cache-Control", max_age::MISS)
+}
+
+fn is_denied(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::PermissionDenied
+}
+
+/// An unreadable file is the operator's problem, but for the client it is simply not here:
+/// a 404 lets Nix try its next substituter instead of failing the build.
+fn denied(what: &str, e: &io::Error) -> Response {
+    log::warn!("{what}: {e}; check the file's permissions");
+    not_found()
+}
+
+/// Applies `If-None-Match`, `If-Modified-Since`, `Range` and `If-Range` to a 200 response.
+fn conditional(response: Response, headers: &[Header]) -> Response {
+    if response.status != 200 {
+        return response;
+    }
+    let header = |name: &'static str| {
+        headers
+            .iter()
+            .find(|h| h.field.equiv(name))
+            .map(|h| h.value.as_str())
+    };
+    let etag = response.get_header("ETag");
+    let last_modified = response.get_header("Last-Modified");
+
+    let not_modified = match (header("If-None-Match"), header("If-Modified-Since")) {
+        (Some(inm), _) => etag.is_some_and(|tag| etag_matches(inm, tag)),
+        (None, Some(ims)) => last_modified.is_some_and(|lm| not_newer(lm, ims)),
+        (None, None) => false,
+    };
+    if not_modified {
+        let mut r = Response::new(304, Body::Empty);
+        r.headers = response
+            .headers
+            .into_iter()
+            .filter(|(n, _)| matches!(*n, "ETag" | "Last-Modified" | "Cache-Control"))
+            .collect();
+        return r;
+    }
+
+    let total = response.body.len();
+    let range_applies = match header("If-Range") {
+        Some(cond) => Some(cond) == etag || Some(cond) == last_modified,
+        None => true,
+    };
+    let answer = match header("Range") {
+        Some(spec) if range_applies => range::parse(spec, total),
+        _ => RangeAnswer::Full,
+    };
+    match answer {
+        RangeAnswer::Full => response.header("Accept-Ranges", "bytes"),
+        RangeAnswer::Partial { start, len } => {
+            let Response { headers, body, .. } = response;
+            let mut r = Response {
+                status: 206,
+                headers,
+                body: body.slice(start, len),
+            };
+            r.headers.push((
+                "Content-Range",
+                format!("bytes {start}-{}/{total}", start + len - 1),
+            ));
+            r.header("Accept-Ranges", "bytes")
+        }
+        RangeAnswer::Unsatisfiable => Response::new(416, Body::Empty)
+            .header("Content-Range", format!("bytes */{total}"))
+            .header("Cache-Control", max_age::NONE),
+    }
+}
+
+/// `If-None-Match`: `*` or a list of tags; weak comparison, as RFC 9110 asks for GET.
+fn etag_matches(header: &str, etag: &str) -> bool {
+    let bare = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    header.trim() == "*" || header.split(',').any(|t| bare(t) == bare(etag))
+}
+
+/// True if the resource (modified at `last_modified`) is not newer than `since`.
+fn not_newer(last_modified: &str, since: &str) -> bool {
+    match (
+        httpdate::parse_http_date(last_modified),
+        httpdate::parse_http_date(since),
+    ) {
+        (Ok(lm), Ok(since)) => lm <= since,
+        _ => false,
+    }
+}

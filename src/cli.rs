@@ -1,0 +1,228 @@
+//! Command-line options of the `nix-binary-cache` binary.
+//!
+//! Every option also has an environment variable, so that a systemd unit needs no long command
+//! line; a flag on the command line wins over its variable.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Parsed options for `serve` (the default command).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub root: PathBuf,
+    pub port: u16,
+    pub bind: IpAddr,
+    pub threads: Option<usize>,
+    pub priority: Option<u32>,
+    pub rescan_interval: Duration,
+    pub log_level: log::LevelFilter,
+}
+
+/// What the command line asked for.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    Serve(Options),
+    Help,
+    Version,
+}
+
+pub const HELP: &str = "\
+nix-binary-cache: serve a Nix binary cache directory over HTTP
+
+USAGE:
+    nix-binary-cache [OPTIONS] PATH
+
+PATH is a directory written by `nix copy --to file://PATH`.
+
+OPTIONS:
+    -p, --port PORT             TCP port to listen on [default: 8080]      (NIX_BINARY_CACHE_PORT)
+        --bind ADDR             address to listen on [default: :: = all IPv6 and IPv4]
+                                                                           (NIX_BINARY_CACHE_BIND)
+        --threads N             worker threads [default: 2 x CPU cores, at least 4]
+                                                                           (NIX_BINARY_CACHE_THREADS)
+        --priority N            Priority advertised in nix-cache-info (lower wins; cache.nixos.org
+                                is 40) [default: the file's, else 40]     (NIX_BINARY_CACHE_PRIORITY)
+        --rescan-interval SECS  rebuild the narinfo index every SECS seconds; 0 = never
+                                [default: 60]                       (NIX_BINARY_CACHE_RESCAN_INTERVAL)
+        --log-level LEVEL       off, error, warn, info (one line per request), debug, trace
+                                [default: info]                           (NIX_BINARY_CACHE_LOG_LEVEL)
+    -h, --help                  print this help
+    -V, --version               print the version
+
+The directory may also be given as NIX_BINARY_CACHE_PATH.
+";
+
+/// A command-line mistake, printed as one line before exiting with status 2.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses arguments (without the program name), with `env` looking up variables.
+pub fn parse(
+    args: impl IntoIterator<Item = OsString>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Command, UsageError> {
+    use lexopt::prelude::*;
+
+    let mut root: Option<PathBuf> = None;
+    let mut port = env_value(&env, "NIX_BINARY_CACHE_PORT", "port")?;
+    let mut bind = env_value(&env, "NIX_BINARY_CACHE_BIND", "bind address")?;
+    let mut threads = env_value(&env, "NIX_BINARY_CACHE_THREADS", "thread count")?;
+    let mut priority = env_value(&env, "NIX_BINARY_CACHE_PRIORITY", "priority")?;
+    let mut rescan: Option<u64> =
+        env_value(&env, "NIX_BINARY_CACHE_RESCAN_INTERVAL", "rescan interval")?;
+    let mut log_level = env_value(&env, "NIX_BINARY_CACHE_LOG_LEVEL", "log level")?;
+
+    let mut parser = lexopt::Parser::from_args(args);
+    let err = |e: lexopt::Error| UsageError(e.to_string());
+    while let Some(arg) = parser.next().map_err(err)? {
+        match arg {
+            Short('p') | Long("port") => port = Some(value(&mut parser, "port")?),
+            Long("bind") => bind = Some(value(&mut parser, "bind address")?),
+            Long("threads") => threads = Some(value(&mut parser, "thread count")?),
+            Long("priority") => priority = Some(value(&mut parser, "priority")?),
+            Long("rescan-interval") => rescan = Some(value(&mut parser, "rescan interval")?),
+            Long("log-level") => log_level = Some(value(&mut parser, "log level")?),
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Value(v) if root.is_none() => root = Some(PathBuf::from(v)),
+            Value(v) => {
+                return Err(UsageError(format!(
+                    "unexpected argument {v:?}: only one PATH is served"
+                )));
+            }
+            _ => return Err(err(arg.unexpected())),
+        }
+    }
+
+    let root = root.or_else(|| env("NIX_BINARY_CACHE_PATH").map(PathBuf::from));
+    let root = root.ok_or_else(|| {
+        UsageError("missing PATH: the cache directory to serve (try --help)".into())
+    })?;
+    if threads == Some(0) {
+        return Err(UsageError("--threads must be at least 1".into()));
+    }
+    Ok(Command::Serve(Options {
+        root,
+        port: port.unwrap_or(8080),
+        bind: bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        threads,
+        priority,
+        rescan_interval: Duration::from_secs(rescan.unwrap_or(60)),
+        log_level: log_level.unwrap_or(log::LevelFilter::Info),
+    }))
+}
+
+fn value<T: std::str::FromStr>(parser: &mut lexopt::Parser, what: &str) -> Result<T, UsageError> {
+    let raw = parser.value().map_err(|e| UsageError(e.to_string()))?;
+    let text = raw.to_string_lossy();
+    text.parse()
+        .map_err(|_| UsageError(format!("invalid {what}: {text:?}")))
+}
+
+fn env_value<T: std::str::FromStr>(
+    env: &impl Fn(&str) -> Option<String>,
+    var: &str,
+    what: &str,
+) -> Result<Option<T>, UsageError> {
+    match env(var) {
+        None => Ok(None),
+        Some(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|_| UsageError(format!("invalid {what} in {var}: {text:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Command, UsageError> {
+        parse(args.iter().map(OsString::from), |_| None)
+    }
+
+    #[test]
+    fn defaults() {
+        let Command::Serve(o) = run(&["/srv/cache"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(o.port, 8080);
+        assert_eq!(o.bind, IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        assert_eq!(o.rescan_interval, Duration::from_secs(60));
+        assert_eq!(o.log_level, log::LevelFilter::Info);
+        assert_eq!(o.threads, None);
+    }
+
+    #[test]
+    fn every_flag() {
+        let cmd = run(&[
+            "-p",
+            "9000",
+            "--bind",
+            "127.0.0.1",
+            "--threads",
+            "3",
+            "--priority",
+            "10",
+            "--rescan-interval",
+            "5",
+            "--log-level",
+            "warn",
+            "/c",
+        ])
+        .unwrap();
+        let Command::Serve(o) = cmd else { panic!() };
+        assert_eq!((o.port, o.threads, o.priority), (9000, Some(3), Some(10)));
+        assert_eq!(o.bind, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(o.rescan_interval, Duration::from_secs(5));
+        assert_eq!(o.log_level, log::LevelFilter::Warn);
+        assert_eq!(run(&["--port=1", "/c"]).map(|_| ()), Ok(()));
+        assert_eq!(run(&["-h"]), Ok(Command::Help));
+        assert_eq!(run(&["-V"]), Ok(Command::Version));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        for (args, says) in [
+            (&["--port", "x", "/c"][..], "invalid port"),
+            (&["--port", "70000", "/c"][..], "invalid port"),
+            (&["--frobnicate", "/c"][..], "frobnicate"),
+            (&[][..], "missing PATH"),
+            (&["/a", "/b"][..], "only one PATH"),
+            (&["--threads", "0", "/c"][..], "at least 1"),
+            (&["--log-level", "loud", "/c"][..], "invalid log level"),
+        ] {
+            let e = run(args).unwrap_err();
+            assert!(e.0.contains(says), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn environment_twins_and_precedence() {
+        let env = |k: &str| match k {
+            "NIX_BINARY_CACHE_PATH" => Some("/env".to_string()),
+            "NIX_BINARY_CACHE_PORT" => Some("7000".to_string()),
+            _ => None,
+        };
+        let Command::Serve(o) = parse(Vec::<OsString>::new(), env).unwrap() else {
+            panic!()
+        };
+        assert_eq!((o.root, o.port), (PathBuf::from("/env"), 7000));
+        let args = ["-p", "7001", "/cli"].map(OsString::from);
+        let Command::Serve(o) = parse(args, env).unwrap() else {
+            panic!()
+        };
+        assert_eq!((o.root, o.port), (PathBuf::from("/cli"), 7001));
+        let bad = |k: &str| (k == "NIX_BINARY_CACHE_PORT").then(|| "http".to_string());
+        let e = parse([OsString::from("/c")], bad).unwrap_err();
+        assert!(e.0.contains("NIX_BINARY_CACHE_PORT"), "{e}");
+    }
+}

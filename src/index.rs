@@ -1,0 +1,253 @@
+//! The in-memory narinfo index: every `<hash>.narinfo` of the cache, ready to serve.
+//!
+//! The disk stays the truth. A hit is checked against the file's version with one `lstat`, so a
+//! narinfo rewritten or removed on disk is noticed on the next request; a miss tries the file
+//! once, so a path copied in a second ago is served at once. Rescans (see [`Index::rescan`]) only
+//! keep the map complete for listings, gc and metrics; they build a new map off to the side,
+//! reusing every entry whose file did not change, and swap it in.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use crate::files::{self, Version};
+use crate::narinfo::NarInfo;
+use crate::nix32;
+
+/// Key of the map: the 20 bytes behind a 32-character store hash.
+type Key = [u8; 20];
+
+/// One narinfo as served.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The bytes sent to clients.
+    pub body: Arc<[u8]>,
+    /// Version of the file the body was made from.
+    pub version: Version,
+    /// Entity tag of `body`, stable across restarts and replicas.
+    pub etag: u64,
+    /// Size of the NAR file (`FileSize`), for totals on the landing page and in metrics.
+    pub file_size: u64,
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(Entry),
+    /// No such narinfo (or it is malformed, which the log says): the client moves on.
+    Missing,
+}
+
+/// Figures from one scan, for the log and metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScanStats {
+    pub entries: usize,
+    pub skipped: usize,
+    pub reused: usize,
+    pub duration: Duration,
+}
+
+/// The narinfo index of one cache directory.
+pub struct Index {
+    root: PathBuf,
+    store_dir: String,
+    map: RwLock<HashMap<Key, Entry>>,
+    /// Malformed files already warned about, so that each is reported once per version.
+    broken: Mutex<HashMap<Key, Version>>,
+    last_scan: Mutex<ScanStats>,
+}
+
+/// Why one file could not be indexed.
+enum LoadError {
+    Absent,
+    Io(io::Error),
+    Malformed(String),
+}
+
+impl Index {
+    pub fn new(root: &Path, store_dir: &str) -> Index {
+        Index {
+            root: root.to_path_buf(),
+            store_dir: store_dir.to_string(),
+            map: RwLock::new(HashMap::new()),
+            broken: Mutex::new(HashMap::new()),
+            last_scan: Mutex::new(ScanStats::default()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.read_map().len()
+    }
+
+    pub fn last_scan(&self) -> ScanStats {
+        *self.last_scan.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sum of `FileSize` over all entries (bytes of NAR files the cache serves).
+    pub fn total_file_size(&self) -> u64 {
+        self.read_map().values().map(|e| e.file_size).sum()
+    }
+
+    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, Entry>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Key, Entry>> {
+        self.map.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn path_of(&self, hash: &str) -> PathBuf {
+        self.root.join(format!("{hash}.narinfo"))
+    }
+
+    /// The narinfo for a 32-character store hash, checked against the disk.
+    pub fn get(&self, hash: &str) -> io::Result<Lookup> {
+        let Some(key) = nix32::store_hash_key(hash) else {
+            return Ok(Lookup::Missing);
+        };
+        let cached = self.read_map().get(&key).cloned();
+        let path = self.path_of(hash);
+        if let Some(entry) = cached {
+            match files::version(&path)? {
+                Some(v) if v == entry.version => return Ok(Lookup::Found(entry)),
+                Some(_) => {} // Rewritten on disk: load it again below.
+                None => {
+                    self.write_map().remove(&key);
+                    return Ok(Lookup::Missing);
+                }
+            }
+        }
+        match self.load(hash, &path) {
+            Ok(entry) => {
+                self.write_map().insert(key, entry.clone());
+                Ok(Lookup::Found(entry))
+            }
+            Err(LoadError::Absent) => {
+                self.write_map().remove(&key);
+                Ok(Lookup::Missing)
+            }
+            Err(LoadError::Malformed(why)) => {
+                self.write_map().remove(&key);
+                log::warn!("{}: skipped, malformed narinfo: {why}", path.display());
+                Ok(Lookup::Missing)
+            }
+            Err(LoadError::Io(e)) => Err(e),
+        }
+    }
+
+    /// Reads and checks one narinfo file.
+    fn load(&self, hash: &str, path: &Path) -> Result<Entry, LoadError> {
+        let (mut file, meta) = files::open_regular(path)
+            .map_err(LoadError::Io)?
+            .ok_or(LoadError::Absent)?;
+        let mut text = String::with_capacity(meta.len() as usize);
+        file.read_to_string(&mut text).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => LoadError::Malformed("not UTF-8".into()),
+            _ => LoadError::Io(e),
+        })?;
+        let info = NarInfo::parse(&text, &self.store_dir).map_err(|e| LoadError::Malformed(e.0))?;
+        if info.store_hash() != hash {
+            return Err(LoadError::Malformed(format!(
+                "StorePath {} does not match the file name",
+                info.store_path
+            )));
+        }
+        let file_size = info.file_size.unwrap_or(0);
+        let body: Arc<[u8]> = Arc::from(text.into_bytes());
+        Ok(Entry {
+            etag: fnv1a(&body),
+            body,
+            version: Version::of(&meta),
+            file_size,
+        })
+    }
+
+    /// Builds a fresh map from the directory and swaps it in. Unchanged files are not read
+    /// again; requests keep being answered from the old map meanwhile.
+    pub fn rescan(&self) -> io::Result<ScanStats> {
+        let start = Instant::now();
+        let names = self.list_narinfo_hashes()?;
+        let results: Vec<(Key, Option<Entry>, bool)> = names
+            .par_iter()
+            .filter_map(|hash| self.scan_one(hash))
+            .collect();
+
+        let mut map = HashMap::with_capacity(results.len());
+        let mut stats = ScanStats::default();
+        for (key, entry, reused) in results {
+            match entry {
+                Some(e) => {
+                    map.insert(key, e);
+                    stats.reused += reused as usize;
+                }
+                None => stats.skipped += 1,
+            }
+        }
+        stats.entries = map.len();
+        let old = std::mem::replace(&mut *self.write_map(), map);
+        drop(old); // Freed outside the lock.
+        stats.duration = start.elapsed();
+        *self.last_scan.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        Ok(stats)
+    }
+
+    /// One file of a scan: `(key, entry or None if skipped, reused?)`; `None` if it vanished.
+    fn scan_one(&self, hash: &str) -> Option<(Key, Option<Entry>, bool)> {
+        let key = nix32::store_hash_key(hash)?;
+        let path = self.path_of(hash);
+        let version = match files::version(&path) {
+            Ok(Some(v)) => v,
+            Ok(None) => return None,
+            Err(e) => {
+                log::warn!("{}: skipped: {e}", path.display());
+                return Some((key, None, false));
+            }
+        };
+        if let Some(old) = self.read_map().get(&key)
+            && old.version == version
+        {
+            return Some((key, Some(old.clone()), true));
+        }
+        match self.load(hash, &path) {
+            Ok(entry) => Some((key, Some(entry), false)),
+            Err(LoadError::Absent) => None,
+            Err(LoadError::Malformed(why)) => {
+                let mut broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
+                if broken.insert(key, version) != Some(version) {
+                    log::warn!("{}: skipped, malformed narinfo: {why}", path.display());
+                }
+                Some((key, None, false))
+            }
+            Err(LoadError::Io(e)) => {
+                log::warn!("{}: skipped: {e}", path.display());
+                Some((key, None, false))
+            }
+        }
+    }
+
+    /// Hash parts of all `<hash>.narinfo` names in the root (Nix's temporaries are not matched).
+    fn list_narinfo_hashes(&self) -> io::Result<Vec<String>> {
+        let mut hashes = Vec::new();
+        for entry in std::fs::read_dir(&self.root)? {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(hash) = name.strip_suffix(".narinfo")
+                && nix32::is_store_hash(hash)
+            {
+                hashes.push(hash.to_string());
+            }
+        }
+        Ok(hashes)
+    }
+}
+
+/// FNV-1a, 64 bits: a stable, cheap fingerprint for entity tags.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}

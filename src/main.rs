@@ -1,0 +1,102 @@
+//! `nix-binary-cache`: the command-line front of the library.
+
+mod cli;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use nix_binary_cache::server::{self, PoolConfig};
+use nix_binary_cache::{Cache, Config, Mount};
+
+fn main() -> ExitCode {
+    let command = cli::parse(std::env::args_os().skip(1), |k| std::env::var(k).ok());
+    match command {
+        Ok(cli::Command::Help) => {
+            print!("{}", cli::HELP);
+            ExitCode::SUCCESS
+        }
+        Ok(cli::Command::Version) => {
+            println!("nix-binary-cache {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Ok(cli::Command::Serve(options)) => match serve(options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => fail(&message),
+        },
+        Err(e) => fail(&e.0),
+    }
+}
+
+/// One line on stderr and exit status 2: what went wrong and, where possible, what to do.
+fn fail(message: &str) -> ExitCode {
+    eprintln!("nix-binary-cache: error: {message}");
+    ExitCode::from(2)
+}
+
+fn serve(options: cli::Options) -> Result<(), String> {
+    init_logging(options.log_level);
+    // Block SIGINT/SIGTERM before any thread starts, so every thread inherits the mask and
+    // only `wait_for_stop_signal` below receives them.
+    let signals = block_stop_signals();
+
+    let addr = SocketAddr::new(options.bind, options.port);
+    let listener = server::bind(addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "port {} is already in use on {}",
+            options.port, options.bind
+        ),
+        _ => format!("cannot listen on {addr}: {e}"),
+    })?;
+
+    let mut config = Config::new(&options.root);
+    config.priority = options.priority;
+    config.rescan_interval = options.rescan_interval;
+    let cache = Cache::open(config).map_err(|e| e.to_string())?;
+
+    let mut pool = PoolConfig::default();
+    if let Some(n) = options.threads {
+        pool.threads = n;
+    }
+    let threads = pool.threads;
+    let running =
+        server::start(listener, Mount::new("/", cache), pool).map_err(|e| e.to_string())?;
+    log::info!(
+        "serving {} on http://{} with {threads} workers",
+        options.root.display(),
+        running.local_addr()
+    );
+
+    let signal = wait_for_stop_signal(&signals);
+    log::info!("received signal {signal}, finishing in-flight requests");
+    running.stop();
+    log::info!("stopped");
+    Ok(())
+}
+
+fn init_logging(level: log::LevelFilter) {
+    // Only fails if a logger is already set, which cannot happen in main.
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_utc_timestamps()
+        .init();
+}
+
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; pthread_sigmask
+    // only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: `set` was built by block_stop_signals; sigwait writes one int.
+    unsafe { libc::sigwait(set, &mut signal) };
+    signal
+}
