@@ -1,0 +1,42 @@
+# nix-binary-cache: everyday commands. `make run` and `make test` work on a fresh machine.
+
+CARGO ?= cargo
+PORT ?= 8080
+CACHE ?= tests/fixtures/cache-signed
+
+.PHONY: run test deps check-fmt clippy unit build fixture bench static clean
+
+## Serve the small real cache shipped in the repo (signed with tests/fixtures/keys/test-key.pub).
+run:
+	$(CARGO) build --release
+	@echo "trusted-public-keys = $$(cat tests/fixtures/keys/test-key.pub)"
+	./target/release/nix-binary-cache $(CACHE) -p $(PORT)
+
+## Everything CI checks: formatting, lints, unit, HTTP and real-Nix-client tests.
+test: deps check-fmt clippy build
+	$(CARGO) test --all-targets
+	$(CARGO) test --doc
+
+## Install the real Nix client (Debian's nix-bin) when missing; fail clearly when we cannot.
+deps:
+	@scripts/ensure-deps.sh
+
+check-fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+build:
+	$(CARGO) build --all-targets
+
+## Rebuild tests/fixtures with the real `nix copy` (needs root and nix-bin).
+fixture:
+	scripts/make-fixture.sh
+
+## Side-by-side benchmark against nginx on the same synthetic cache (not part of `make test`).
+bench:
+	scripts/bench.sh $(BENCH_ARGS)
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,525 @@
+//! HTTP-level tests against the real binary on a free port: routes, headers, ranges,
+//! conditional requests, hostile paths, freshness of the index, CLI errors and shutdown.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The hash part and NAR URL of one narinfo in `cache`.
+fn first_narinfo(cache: &Path) -> (String, String, String) {
+    let m = manifest();
+    let top = &m["TOP"];
+    let hash = top.trim_start_matches("/nix/store/")[..32].to_string();
+    let text = std::fs::read_to_string(cache.join(format!("{hash}.narinfo"))).unwrap();
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap()
+        .to_string();
+    (hash, url, text)
+}
+
+#[test]
+fn nix_cache_info_is_served_and_priority_overrides() {
+    let root = fixtures().join("cache-xz");
+    let server = Server::start(&root, &[]);
+    let r = server.get("/nix-cache-info");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Type"), Some("text/x-nix-cache-info"));
+    assert_eq!(
+        r.text(),
+        std::fs::read_to_string(root.join("nix-cache-info")).unwrap()
+    );
+
+    let server = Server::start(&root, &["--priority", "12"]);
+    let text = server.get("/nix-cache-info").text();
+    assert!(
+        text.contains("StoreDir: /nix/store\n") && text.ends_with("Priority: 12\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn missing_nix_cache_info_is_synthesized() {
+    let dir = copy_fixture("cache-xz");
+    std::fs::remove_file(dir.path().join("nix-cache-info")).unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let r = server.get("/nix-cache-info");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.text(),
+        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+    );
+}
+
+#[test]
+fn narinfo_hit_head_and_miss() {
+    let root = fixtures().join("cache-xz");
+    let (hash, _, text) = first_narinfo(&root);
+    let server = Server::start(&root, &[]);
+
+    let r = server.get(&format!("/{hash}.narinfo"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), text);
+    assert_eq!(r.header("Content-Type"), Some("text/x-nix-narinfo"));
+    assert_eq!(r.header("Cache-Control"), Some("public, max-age=60"));
+    assert!(r.header("ETag").is_some() && r.header("Last-Modified").is_some());
+
+    let h = request(server.port, "HEAD", &format!("/{hash}.narinfo"), &[]);
+    assert_eq!(h.status, 200);
+    assert!(h.body.is_empty());
+    assert_eq!(
+        h.header("Content-Length"),
+        Some(text.len().to_string().as_str())
+    );
+    assert_eq!(h.header("ETag"), r.header("ETag"));
+
+    let miss = server.get("/00000000000000000000000000000000.narinfo");
+    assert_eq!(miss.status, 404);
+    assert_eq!(miss.header("Cache-Control"), Some("public, max-age=5"));
+    assert_eq!(
+        request(
+            server.port,
+            "HEAD",
+            "/00000000000000000000000000000000.narinfo",
+            &[]
+        )
+        .status,
+        404
+    );
+}
+
+#[test]
+fn nar_is_served_whole_with_caching_headers() {
+    let root = fixtures().join("cache-xz");
+    let (_, url, _) = first_narinfo(&root);
+    let bytes = std::fs::read(root.join(&url)).unwrap();
+    let server = Server::start(&root, &[]);
+    let r = server.get(&format!("/{url}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, bytes);
+    assert_eq!(r.header("Content-Type"), Some("application/x-nix-nar"));
+    assert_eq!(r.header("Accept-Ranges"), Some("bytes"));
+    assert_eq!(
+        r.header("Cache-Control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    assert_eq!(
+        r.header("Content-Encoding"),
+        None,
+        "a NAR must never carry Content-Encoding"
+    );
+    assert!(server.wait_for_log(
+        &format!("GET /{url} 200 {} ", bytes.len()),
+        Duration::from_secs(2)
+    ));
+}
+
+#[test]
+fn ranges_partial_suffix_open_and_unsatisfiable() {
+    let root = fixtures().join("cache-xz");
+    let (_, url, _) = first_narinfo(&root);
+    let bytes = std::fs::read(root.join(&url)).unwrap();
+    let n = bytes.len();
+    let server = Server::start(&root, &[]);
+    let path = format!("/{url}");
+    let get = |range: &str| request(server.port, "GET", &path, &[("Range", range)]);
+
+    let r = get("bytes=0-9");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &bytes[..10]);
+    assert_eq!(
+        r.header("Content-Range"),
+        Some(format!("bytes 0-9/{n}").as_str())
+    );
+
+    let r = get("bytes=-5");
+    assert_eq!((r.status, r.body.as_slice()), (206, &bytes[n - 5..]));
+
+    let r = get(&format!("bytes={}-", n - 100));
+    assert_eq!((r.status, r.body.as_slice()), (206, &bytes[n - 100..]));
+
+    let r = get(&format!("bytes={n}-"));
+    assert_eq!(r.status, 416);
+    assert_eq!(
+        r.header("Content-Range"),
+        Some(format!("bytes */{n}").as_str())
+    );
+
+    // Several ranges: the whole body, which RFC 9110 allows.
+    let r = get("bytes=0-1,4-5");
+    assert_eq!((r.status, r.body.len()), (200, n));
+}
+
+#[test]
+fn conditional_requests_answer_304() {
+    let root = fixtures().join("cache-xz");
+    let (hash, url, _) = first_narinfo(&root);
+    let server = Server::start(&root, &[]);
+    for path in [
+        format!("/{hash}.narinfo"),
+        format!("/{url}"),
+        "/nix-cache-info".to_string(),
+    ] {
+        let r = server.get(&path);
+        let etag = r.header("ETag").unwrap().to_string();
+        let again = request(server.port, "GET", &path, &[("If-None-Match", &etag)]);
+        assert_eq!(again.status, 304, "{path}");
+        assert!(again.body.is_empty());
+        assert_eq!(again.header("ETag"), Some(etag.as_str()));
+        let other = request(server.port, "GET", &path, &[("If-None-Match", "\"other\"")]);
+        assert_eq!(other.status, 200, "{path}");
+        if let Some(lm) = r.header("Last-Modified") {
+            let since = request(server.port, "GET", &path, &[("If-Modified-Since", lm)]);
+            assert_eq!(since.status, 304, "{path}");
+            let old = "Thu, 01 Jan 1970 00:00:00 GMT";
+            assert_eq!(
+                request(server.port, "GET", &path, &[("If-Modified-Since", old)]).status,
+                200
+            );
+        }
+    }
+}
+
+#[test]
+fn listings_logs_realisations_and_debuginfo() {
+    let dir = copy_fixture("cache-zstd");
+    let m = manifest();
+    let top_hash = &m["TOP"]["/nix/store/".len()..][..32];
+    let drv = m["TOP_DRV"].trim_start_matches("/nix/store/").to_string();
+    let doi = "sha256:1h9kn9hj1j745kchafr3vi3hdp04zfhfgbc5dcvhkx5hfh2njr54!out.doi";
+    std::fs::create_dir_all(dir.path().join("realisations")).unwrap();
+    std::fs::write(dir.path().join("realisations").join(doi), "{\"id\":\"x\"}").unwrap();
+    std::fs::create_dir_all(dir.path().join("debuginfo")).unwrap();
+    std::fs::write(
+        dir.path().join("debuginfo/0123abcd"),
+        "{\"archive\":\"../nar/x\"}",
+    )
+    .unwrap();
+    let server = Server::start(dir.path(), &[]);
+
+    let ls = server.get(&format!("/{top_hash}.ls"));
+    assert_eq!(ls.status, 200);
+    assert_eq!(ls.header("Content-Type"), Some("application/json"));
+    assert!(ls.text().contains("\"entries\""), "{}", ls.text());
+
+    let log = server.get(&format!("/log/{drv}"));
+    assert_eq!(log.status, 200);
+    assert_eq!(
+        log.header("Content-Type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(
+        log.body,
+        std::fs::read(dir.path().join("log").join(&drv)).unwrap()
+    );
+
+    let r = server.get(&format!("/realisations/{doi}"));
+    assert_eq!((r.status, r.text().as_str()), (200, "{\"id\":\"x\"}"));
+    assert_eq!(server.get("/debuginfo/0123abcd").status, 200);
+    assert_eq!(server.get("/debuginfo/0123abce").status, 404);
+}
+
+#[test]
+fn other_methods_get_405_with_allow() {
+    let server = Server::start(&fixtures().join("cache-xz"), &[]);
+    for method in ["PUT", "POST", "DELETE", "PATCH", "OPTIONS"] {
+        let r = request(
+            server.port,
+            method,
+            "/nix-cache-info",
+            &[("Content-Length", "0")],
+        );
+        assert_eq!(r.status, 405, "{method}");
+        assert_eq!(r.header("Allow"), Some("GET, HEAD"));
+    }
+}
+
+#[test]
+fn hostile_paths_never_leave_the_cache() {
+    let dir = copy_fixture("cache-xz");
+    let root = dir.path();
+    // A link inside the cache that points outside, and a linked directory that leads outside.
+    std::os::unix::fs::symlink(
+        "/etc/passwd",
+        root.join("nar/0000000000000000000000000000000000000000000000000000.nar"),
+    )
+    .unwrap();
+    let outside = TempDir::new("outside");
+    std::fs::write(
+        outside
+            .path()
+            .join("11111111111111111111111111111111-secret.drv"),
+        "secret",
+    )
+    .unwrap();
+    std::fs::remove_dir_all(root.join("log")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.join("log")).unwrap();
+    let server = Server::start(root, &[]);
+
+    let cases = [
+        "/../../../../etc/passwd",
+        "/nar/../../../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/nar/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/nar/%252e%252e/etc/passwd",
+        "/nar/..%5c..%5cetc%5cpasswd",
+        "/nar\\..\\..\\etc\\passwd",
+        "/nar/%00.nar",
+        "/nar/%c0%ae%c0%ae/etc/passwd",
+        "/etc/passwd",
+        "//etc/passwd",
+        "/nar//etc/passwd",
+        "/nar/0000000000000000000000000000000000000000000000000000.nar",
+        "/log/11111111111111111111111111111111-secret.drv",
+    ];
+    for path in cases {
+        let r = request(server.port, "GET", path, &[]);
+        assert!(matches!(r.status, 400 | 404), "{path}: {}", r.status);
+        let text = r.text();
+        assert!(
+            !text.contains("root:") && !text.contains("secret"),
+            "{path} leaked: {text}"
+        );
+    }
+    // A NUL byte and a raw high byte in the request line itself.
+    for raw in [
+        &b"GET /nar/\0 HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+        b"GET /\xc0\xae\xc0\xae/etc/passwd HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let out = raw_exchange(server.port, raw);
+        assert!(!String::from_utf8_lossy(&out).contains("root:"));
+    }
+    // Still serving.
+    assert_eq!(server.get("/nix-cache-info").status, 200);
+}
+
+#[test]
+fn index_follows_the_disk_without_waiting_for_a_rescan() {
+    let dir = copy_fixture("cache-xz");
+    let root = dir.path();
+    let (hash, _, text) = first_narinfo(root);
+    let moved = TempDir::new("moved");
+    std::fs::rename(root.join(format!("{hash}.narinfo")), moved.path().join("x")).unwrap();
+    std::fs::write(
+        root.join("00000000000000000000000000000000.narinfo"),
+        "garbage\n",
+    )
+    .unwrap();
+    let server = Server::start(root, &["--rescan-interval", "3600"]);
+    assert!(
+        server.log().contains("indexed 2 narinfo files"),
+        "{}",
+        server.log()
+    );
+    assert!(server.log().contains("(1 skipped)"), "{}", server.log());
+    assert!(
+        server
+            .log()
+            .contains("00000000000000000000000000000000.narinfo: skipped, malformed")
+    );
+
+    let path = format!("/{hash}.narinfo");
+    assert_eq!(server.get(&path).status, 404);
+    // Appears on disk (as `nix copy --to file://` does, by rename): served on the next request.
+    std::fs::rename(moved.path().join("x"), root.join(format!("{hash}.narinfo"))).unwrap();
+    let r = server.get(&path);
+    assert_eq!((r.status, r.text()), (200, text.clone()));
+    // Rewritten: the new bytes are served.
+    let changed = text.replace("Compression: xz", "Compression: xz\nFuture: 1");
+    std::fs::write(root.join("tmp"), &changed).unwrap();
+    std::fs::rename(root.join("tmp"), root.join(format!("{hash}.narinfo"))).unwrap();
+    assert_eq!(server.get(&path).text(), changed);
+    // Removed: no longer served.
+    std::fs::remove_file(root.join(format!("{hash}.narinfo"))).unwrap();
+    assert_eq!(server.get(&path).status, 404);
+    assert_eq!(
+        server
+            .get("/00000000000000000000000000000000.narinfo")
+            .status,
+        404
+    );
+}
+
+#[test]
+fn background_rescan_picks_up_new_files() {
+    let dir = copy_fixture("cache-xz");
+    let server = Server::start(dir.path(), &["--rescan-interval", "1"]);
+    let (hash, _, text) = first_narinfo(dir.path());
+    let fresh = format!("{}.narinfo", "1".repeat(32));
+    std::fs::write(
+        dir.path().join(&fresh),
+        text.replace(&hash, &"1".repeat(32)),
+    )
+    .unwrap();
+    assert!(
+        server.wait_for_log("rescan: 4 entries", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn keep_alive_and_pipelining_answer_in_order() {
+    let root = fixtures().join("cache-xz");
+    let (hash, url, text) = first_narinfo(&root);
+    let nar = std::fs::read(root.join(&url)).unwrap();
+    let server = Server::start(&root, &[]);
+    let raw = format!(
+        "GET /{url} HTTP/1.1\r\nHost: x\r\n\r\nGET /{hash}.narinfo HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let replies = parse_replies(&raw_exchange(server.port, raw.as_bytes()), false);
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 404, 200]);
+    assert_eq!(replies[0].body, nar);
+    assert_eq!(replies[1].text(), text);
+    assert_eq!(replies[3].header("Connection"), Some("close"));
+
+    // HTTP/1.0 without keep-alive gets its answer and a closed connection.
+    let out = raw_exchange(server.port, b"GET /nix-cache-info HTTP/1.0\r\n\r\n");
+    let replies = parse_replies(&out, false);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].header("Connection"), Some("close"));
+}
+
+#[test]
+fn large_nar_streams_with_flat_memory() {
+    let dir = copy_fixture("cache-xz");
+    let name = format!("nar/{}.nar", "2".repeat(52));
+    let size: u64 = 512 << 20;
+    // Sparse: costs no disk, but is read like any file.
+    std::fs::File::create(dir.path().join(&name))
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "GET /{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    assert!(total > size, "got {total} bytes");
+    let (_, peak_kib) = memory_kib(server.pid());
+    assert!(
+        peak_kib < 64 * 1024,
+        "peak RSS {peak_kib} KiB while sending a {size}-byte NAR"
+    );
+    assert!(server.wait_for_log(&format!("200 {size} "), Duration::from_secs(2)));
+    assert!(
+        server.log().contains(" sendfile"),
+        "NAR bodies go out with sendfile"
+    );
+}
+
+#[test]
+fn cli_mistakes_exit_2_with_one_line() {
+    let fixture = fixtures().join("cache-xz");
+    let file = fixture.join("nix-cache-info");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![], "missing PATH"),
+        (vec!["/nonexistent/cache"], "/nonexistent/cache"),
+        (vec![file.to_str().unwrap()], "is not a directory"),
+        (
+            vec![
+                fixture.to_str().unwrap(),
+                "--bind",
+                "127.0.0.1",
+                "-p",
+                &busy_port,
+            ],
+            "already in use",
+        ),
+        (
+            vec!["--frobnicate", fixture.to_str().unwrap()],
+            "frobnicate",
+        ),
+        (
+            vec!["--threads", "many", fixture.to_str().unwrap()],
+            "invalid thread count",
+        ),
+        (
+            vec!["-p", "99999", fixture.to_str().unwrap()],
+            "invalid port",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove("NIX_BINARY_CACHE_PATH")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let error_lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(error_lines.len(), 1, "{args:?}: {stderr}");
+        assert!(error_lines[0].contains(says), "{args:?}: {stderr}");
+    }
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(
+        help.status.success()
+            && String::from_utf8_lossy(&help.stdout).contains("--rescan-interval")
+    );
+    let version = Command::new(BIN).arg("-V").output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("nix-binary-cache "));
+}
+
+#[test]
+fn sigterm_finishes_in_flight_work_and_exits() {
+    let dir = copy_fixture("cache-xz");
+    let name = format!("nar/{}.nar", "3".repeat(52));
+    let size: u64 = 64 << 20;
+    std::fs::File::create(dir.path().join(&name))
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+
+    // A download in progress that reads slowly, so it is still running at SIGTERM.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    use std::io::{Read, Write};
+    write!(stream, "GET /{name} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut first = [0u8; 4096];
+    stream.read_exact(&mut first).unwrap();
+
+    let start = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &server.pid().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    let header_end = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(
+        (first.len() - header_end + rest.len()) as u64,
+        size,
+        "the in-flight download completed"
+    );
+
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(start.elapsed() < Duration::from_secs(12));
+    assert!(server.log().contains("stopped"));
+    // New connections are refused once stopped.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", server.port)).is_err());
+}

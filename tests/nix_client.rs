@@ -1,0 +1,360 @@
+//! The real Nix client (Debian's nix-bin) against the running server. These tests never skip:
+//! without `nix` on PATH they fail and say what to install.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CONF: &str = "experimental-features = nix-command\nsandbox = false\nbuild-users-group =\n\
+substituters =\nnarinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\n";
+
+/// A Nix client with its own config and its own narinfo cache (so no answer is remembered
+/// from another test).
+struct Nix {
+    home: TempDir,
+}
+
+impl Nix {
+    fn new() -> Nix {
+        let found = Command::new("nix").arg("--version").output();
+        match found {
+            Ok(out) if out.status.success() => {}
+            _ => panic!(
+                "the real Nix client is required: install Debian's nix-bin \
+                 (`apt-get install -y nix-bin`, as root) or run `make test`, which does"
+            ),
+        }
+        let home = TempDir::new("nix");
+        std::fs::create_dir_all(home.path().join("conf")).unwrap();
+        std::fs::write(home.path().join("conf/nix.conf"), CONF).unwrap();
+        Nix { home }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nix");
+        cmd.args(args)
+            .env("NIX_CONF_DIR", self.home.path().join("conf"))
+            .env("XDG_CACHE_HOME", self.home.path().join("cache"))
+            .env("HOME", self.home.path())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs nix and returns its output, whatever the exit status.
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run nix")
+    }
+
+    /// Runs nix, failing the test with nix's stderr if it fails; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "nix {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A fresh chroot store to copy into.
+    fn store(&self, name: &str) -> PathBuf {
+        self.home.path().join(name)
+    }
+}
+
+fn closure() -> Vec<String> {
+    manifest()["CLOSURE"]
+        .split(' ')
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn path_info_lists_the_closure_over_http() {
+    let nix = Nix::new();
+    let server = Server::start(&fixtures().join("cache-xz"), &[]);
+    let top = &manifest()["TOP"];
+    let out = nix.ok(&["path-info", "--store", &server.url(), "-r", top]);
+    let mut got: Vec<&str> = out.lines().collect();
+    got.sort();
+    let mut want = closure();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn copy_whole_closure_into_a_fresh_store_and_verify() {
+    let nix = Nix::new();
+    for cache in ["cache-xz", "cache-zstd"] {
+        let server = Server::start(&fixtures().join(cache), &[]);
+        let m = manifest();
+        let store = nix.store(cache);
+        let store = store.to_str().unwrap();
+        nix.ok(&[
+            "copy",
+            "--no-check-sigs",
+            "--from",
+            &server.url(),
+            "--to",
+            store,
+            &m["TOP"],
+        ]);
+        for path in closure() {
+            assert!(
+                Path::new(store).join(path.trim_start_matches('/')).exists(),
+                "{path} copied"
+            );
+        }
+        nix.ok(&[
+            "store",
+            "verify",
+            "--store",
+            store,
+            "--no-trust",
+            "-r",
+            &m["TOP"],
+        ]);
+        // The executable bit and the file with a space survive the trip.
+        let top = Path::new(store).join(m["TOP"].trim_start_matches('/'));
+        let exe = std::fs::metadata(top.join(&m["TOP_EXE_FILE"])).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(exe.permissions().mode() & 0o111, 0o111);
+        assert!(top.join(&m["TOP_SPACED_FILE"]).exists());
+        let log = server.log();
+        assert!(
+            log.contains(" sendfile"),
+            "NARs went out with sendfile:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn store_ls_and_cat_over_http() {
+    let nix = Nix::new();
+    let m = manifest();
+    for cache in ["cache-zstd", "cache-xz"] {
+        let server = Server::start(&fixtures().join(cache), &[]);
+        let listing = nix.ok(&["store", "ls", "--store", &server.url(), "-R", &m["TOP"]]);
+        assert!(
+            listing.contains(&m["TOP_SPACED_FILE"]),
+            "{cache}: {listing}"
+        );
+        assert!(listing.contains(&m["TOP_SYMLINK"]), "{cache}: {listing}");
+        let spaced = format!("{}/{}", m["TOP"], m["TOP_SPACED_FILE"]);
+        let text = nix.ok(&["store", "cat", "--store", &server.url(), &spaced]);
+        let on_disk =
+            std::fs::read_to_string(fixtures().join("../../scripts/fixture.nix")).unwrap();
+        assert!(
+            !text.is_empty() && on_disk.contains(text.trim()),
+            "{cache}: {text:?}"
+        );
+        // Nix 2.8 reads the NAR for `ls` even when a .ls listing exists (served, see tests/http.rs).
+    }
+}
+
+#[test]
+fn build_log_over_http() {
+    let nix = Nix::new();
+    let m = manifest();
+    let server = Server::start(&fixtures().join("cache-xz"), &[]);
+    let log = nix.ok(&["log", "--store", &server.url(), &m["TOP"]]);
+    let drv = m["TOP_DRV"].trim_start_matches("/nix/store/");
+    let on_disk = std::fs::read_to_string(fixtures().join("cache-xz/log").join(drv)).unwrap();
+    assert_eq!(log.trim_end(), on_disk.trim_end());
+    assert!(server.log().contains(&format!("GET /log/{drv} 200")));
+}
+
+#[test]
+fn signed_cache_is_trusted_only_with_its_key() {
+    let nix = Nix::new();
+    let m = manifest();
+    let server = Server::start(&fixtures().join("cache-signed"), &[]);
+    let good = format!("trusted-public-keys = {}", m["PUBLIC_KEY"]);
+    let store = nix.store("signed");
+    nix.ok(&[
+        "copy",
+        "--option",
+        "require-sigs",
+        "true",
+        "--option",
+        "trusted-public-keys",
+        &m["PUBLIC_KEY"],
+        "--from",
+        &server.url(),
+        "--to",
+        store.to_str().unwrap(),
+        &m["TOP"],
+    ]);
+    assert!(good.contains("test-cache-1:"));
+
+    let other = "other-cache-1:djNPOTsoQVImLUkw3nZz543GoqomIBYynwySLJ6/yNo=";
+    let refused = nix.store("refused");
+    let out = nix.run(&[
+        "copy",
+        "--option",
+        "require-sigs",
+        "true",
+        "--option",
+        "trusted-public-keys",
+        other,
+        "--from",
+        &server.url(),
+        "--to",
+        refused.to_str().unwrap(),
+        &m["TOP"],
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lacks a valid signature"), "{stderr}");
+}
+
+/// Adds a small file with unique content to the local store and returns its store path.
+fn fresh_store_path(nix: &Nix, tag: &str) -> String {
+    let file = nix.home.path().join(tag);
+    let stamp = format!("{tag} {:?} {}", Instant::now(), std::process::id());
+    std::fs::write(&file, stamp).unwrap();
+    let out = Command::new("nix-store")
+        .arg("--add")
+        .arg(&file)
+        .env("NIX_CONF_DIR", nix.home.path().join("conf"))
+        .output()
+        .expect("nix-store --add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn path_copied_in_while_running_is_visible_within_a_second() {
+    let nix = Nix::new();
+    let dir = copy_fixture("cache-xz");
+    let server = Server::start(dir.path(), &["--rescan-interval", "3600"]);
+    let path = fresh_store_path(&nix, "pushed-live");
+    // Asked before it exists: a miss (the client is told not to remember misses).
+    assert!(
+        !nix.run(&["path-info", "--store", &server.url(), &path])
+            .status
+            .success()
+    );
+
+    nix.ok(&[
+        "copy",
+        "--to",
+        &format!("file://{}", dir.path().display()),
+        &path,
+    ]);
+    let copied = Instant::now();
+    let mut seen = false;
+    while copied.elapsed() < Duration::from_secs(1) {
+        if nix
+            .run(&["path-info", "--store", &server.url(), &path])
+            .status
+            .success()
+        {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "{path} not visible over HTTP within 1 s of nix copy");
+    let store = nix.store("live");
+    nix.ok(&[
+        "copy",
+        "--no-check-sigs",
+        "--from",
+        &server.url(),
+        "--to",
+        store.to_str().unwrap(),
+        &path,
+    ]);
+}
+
+/// The `embed` example: the cache mounted at /cache inside another tiny_http application.
+struct Embedded(Child, u16);
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_embed_example(root: &Path) -> Embedded {
+    // Examples are built next to the test binaries: target/<profile>/examples/embed.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/embed");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build --examples` (make test does)",
+        bin.display()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(bin)
+        .arg(root)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "embed example did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Embedded(child, port)
+}
+
+#[test]
+fn cache_mounted_under_a_prefix_in_another_application() {
+    let nix = Nix::new();
+    let m = manifest();
+    let app = start_embed_example(&fixtures().join("cache-zstd"));
+    let hello = request(app.1, "GET", "/hello", &[]);
+    assert_eq!(
+        (hello.status, hello.text().as_str()),
+        (200, "hello from the host application\n")
+    );
+    assert_eq!(
+        request(app.1, "GET", "/nix-cache-info", &[]).status,
+        404,
+        "only below /cache"
+    );
+
+    let url = format!("http://127.0.0.1:{}/cache", app.1);
+    let store = nix.store("embedded");
+    nix.ok(&[
+        "copy",
+        "--no-check-sigs",
+        "--from",
+        &url,
+        "--to",
+        store.to_str().unwrap(),
+        &m["TOP"],
+    ]);
+    nix.ok(&[
+        "store",
+        "verify",
+        "--store",
+        store.to_str().unwrap(),
+        "--no-trust",
+        "-r",
+        &m["TOP"],
+    ]);
+    let listing = nix.ok(&["store", "ls", "--store", &url, "-R", &m["TOP"]]);
+    assert!(listing.contains(&m["TOP_SPACED_FILE"]));
+}
