@@ -77,6 +77,8 @@ fn init_logging(level: log::LevelFilter) {
     // Only fails if a logger is already set, which cannot happen in main.
     let _ = simple_logger::SimpleLogger::new()
         .with_level(level)
+        // tiny_http logs accept errors itself; our workers log them too, with context.
+        .with_module_level("tiny_http", log::LevelFilter::Off)
         .with_utc_timestamps()
         .init();
 }

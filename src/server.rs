@@ -149,7 +149,7 @@ impl Worker {
                 // Idle: during a stop, the queue is drained, so this worker is done.
                 Ok(None) if stopping => return,
                 Ok(None) => {}
-                Err(e) if stopping => {
+                Err(e) if self.stopping.load(Ordering::SeqCst) => {
                     log::debug!("listener closed: {e}");
                 }
                 Err(e) => {

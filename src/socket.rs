@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Mutex;
@@ -80,7 +80,8 @@ fn dup_if_peer(fd: RawFd, peer: SocketAddr) -> Option<TcpStream> {
 
 /// Sends `head` and then `len` bytes of `file` from `offset` on `socket`, with the kernel's
 /// zero-copy path: `MSG_MORE` holds the head back so that it leaves in one segment with the
-/// first file bytes, and std's `io::copy` turns `File` → `TcpStream` into `sendfile(2)`.
+/// first file bytes, and `sendfile(2)` moves the body from the page cache to the socket.
+/// (std's `io::copy` uses `sendfile` only towards pipes, not sockets, so we call it here.)
 pub fn send_head_and_file(
     socket: &mut TcpStream,
     head: &[u8],
@@ -89,16 +90,44 @@ pub fn send_head_and_file(
     len: u64,
 ) -> io::Result<u64> {
     send_more(socket, head)?;
-    file.seek(SeekFrom::Start(offset))?;
-    let sent = io::copy(&mut file.take(len), socket)?;
-    if sent < len {
-        // The file shrank under us: the client must not take a short body for a whole one.
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "file shorter than announced",
-        ));
+    sendfile_all(socket, file, offset, len)?;
+    Ok(len)
+}
+
+/// `sendfile(2)` until `len` bytes from `offset` are sent.
+fn sendfile_all(socket: &TcpStream, file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let mut pos = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+    let mut left = len;
+    while left > 0 {
+        // Linux moves at most 0x7fff_f000 bytes per call.
+        let chunk = left.min(0x7fff_f000) as usize;
+        // SAFETY: both descriptors are owned by live objects; `pos` is a valid off_t the kernel
+        // advances by the bytes sent.
+        let n = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut pos, chunk) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                // SO_SNDTIMEO expired: the client stopped reading.
+                io::ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client stopped reading",
+                    ));
+                }
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            // The file shrank under us: the client must not take a short body for a whole one.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than announced",
+            ));
+        }
+        left -= n as u64;
     }
-    Ok(sent)
+    Ok(())
 }
 
 /// `send(2)` with `MSG_MORE` until all of `buf` is queued.
@@ -129,7 +158,7 @@ fn send_more(socket: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
 
     #[test]
