@@ -6,11 +6,14 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use tiny_http::{Header, Method, Request};
 
+use crate::atomic;
+use crate::auth::Tokens;
 use crate::cache_info::CacheInfo;
 use crate::files;
 use crate::index::{Index, Lookup, ScanStats, fnv1a};
@@ -18,6 +21,8 @@ use crate::range::{self, RangeAnswer};
 use crate::response::{Body, Response};
 use crate::route::{FileKind, Route, RouteError, route};
 use crate::send;
+use crate::signing::SigningKey;
+use crate::upload::{Stored, Target};
 
 /// How to open a cache directory.
 #[derive(Debug, Clone)]
@@ -28,6 +33,10 @@ pub struct Config {
     pub priority: Option<u32>,
     /// How often the index is rebuilt from disk; zero turns background rescans off.
     pub rescan_interval: Duration,
+    /// Accept PUT uploads from holders of these tokens; `None` keeps the cache read-only.
+    pub uploads: Option<UploadConfig>,
+    /// Keys every served narinfo is signed with (in addition to the signatures it has).
+    pub sign_keys: Vec<SigningKey>,
 }
 
 impl Config {
@@ -36,6 +45,31 @@ impl Config {
             root: root.into(),
             priority: None,
             rescan_interval: Duration::from_secs(60),
+            uploads: None,
+            sign_keys: Vec::new(),
+        }
+    }
+}
+
+/// Who may upload, and how much.
+#[derive(Debug, Clone)]
+pub struct UploadConfig {
+    pub tokens: Tokens,
+    /// Largest NAR, log or listing accepted, in bytes.
+    pub max_body: u64,
+    /// Uploads running at once; more get 503 with `Retry-After`, which Nix retries.
+    pub max_concurrent: usize,
+}
+
+impl UploadConfig {
+    pub const DEFAULT_MAX_BODY: u64 = 16 << 30;
+    pub const DEFAULT_MAX_CONCURRENT: usize = 8;
+
+    pub fn new(tokens: Tokens) -> UploadConfig {
+        UploadConfig {
+            tokens,
+            max_body: Self::DEFAULT_MAX_BODY,
+            max_concurrent: Self::DEFAULT_MAX_CONCURRENT,
         }
     }
 }
@@ -53,6 +87,8 @@ struct Shared {
     priority: Option<u32>,
     info: RwLock<Arc<CacheInfo>>,
     index: Index,
+    uploads: Option<UploadConfig>,
+    active_uploads: AtomicUsize,
 }
 
 /// How long clients and proxies may keep each kind of answer.
@@ -85,14 +121,19 @@ impl Cache {
             ));
         }
         let canonical_root = std::fs::canonicalize(&config.root)?;
+        for dir in ["", "nar", "log", "realisations", "debuginfo"] {
+            atomic::clean_stale(&config.root.join(dir));
+        }
         let info = CacheInfo::load(&config.root, config.priority)?;
-        let index = Index::new(&config.root, &info.store_dir);
+        let index = Index::new(&config.root, &info.store_dir, config.sign_keys.clone());
         let shared = Arc::new(Shared {
             root: config.root.clone(),
             canonical_root,
             priority: config.priority,
             info: RwLock::new(Arc::new(info)),
             index,
+            uploads: config.uploads.clone(),
+            active_uploads: AtomicUsize::new(0),
         });
         let stats = shared.index.rescan()?;
         log::info!(
@@ -138,9 +179,7 @@ impl Cache {
     /// Answers one request, `path` being relative to where the cache is mounted (`/nar/…`).
     pub fn answer(&self, method: &Method, path: &str, headers: &[Header]) -> Response {
         if !matches!(method, Method::Get | Method::Head) {
-            return Response::text(405, "only GET and HEAD are allowed here")
-                .header("Allow", "GET, HEAD")
-                .header("Cache-Control", max_age::NONE);
+            return self.method_not_allowed();
         }
         let path = path.split_once('?').map_or(path, |(p, _query)| p);
         let result = match route(path) {
@@ -171,10 +210,109 @@ impl Cache {
 
     /// Answers `request` and writes the response; `path` is the part after the mount prefix.
     /// `close` asks the client to close the connection (used while shutting down).
-    pub fn serve(&self, request: Request, path: &str, close: bool) {
+    pub fn serve(&self, mut request: Request, path: &str, close: bool) {
         let start = Instant::now();
+        if request.method() == &Method::Put {
+            let response = self.upload(&mut request, path);
+            // A refused body may be unread: closing is cheaper than draining it.
+            let close = close || response.status >= 400;
+            send::send_logged(request, response, close, start);
+            return;
+        }
         let response = self.answer(request.method(), path, request.headers());
         send::send_logged(request, response, close, start);
+    }
+
+    /// True if PUT uploads are enabled.
+    pub fn accepts_uploads(&self) -> bool {
+        self.shared.uploads.is_some()
+    }
+
+    fn method_not_allowed(&self) -> Response {
+        let allow = if self.accepts_uploads() {
+            "GET, HEAD, PUT"
+        } else {
+            "GET, HEAD"
+        };
+        Response::text(405, &format!("allowed methods: {allow}"))
+            .header("Allow", allow)
+            .header("Cache-Control", max_age::NONE)
+    }
+
+    /// Stores the body of a PUT after checking who sent it and how much is already running.
+    fn upload(&self, request: &mut Request, path: &str) -> Response {
+        let Some(config) = &self.shared.uploads else {
+            return self.method_not_allowed();
+        };
+        if !config.tokens.authorizes(request.headers()) {
+            return Response::text(
+                401,
+                "uploads need a valid token (HTTP Basic password or Bearer)",
+            )
+            .header("WWW-Authenticate", "Basic realm=\"nix-binary-cache\"")
+            .header("Cache-Control", max_age::NONE);
+        }
+        let encoding = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Content-Encoding"));
+        if let Some(enc) = encoding.filter(|h| !h.value.as_str().eq_ignore_ascii_case("identity")) {
+            return Response::text(
+                415,
+                &format!(
+                    "Content-Encoding {} is not stored; upload the bytes as they should be served",
+                    enc.value
+                ),
+            );
+        }
+        let Some(_slot) = UploadSlot::take(&self.shared.active_uploads, config.max_concurrent)
+        else {
+            return Response::text(503, "too many uploads at once; retry shortly")
+                .header("Retry-After", "1")
+                .header("Cache-Control", max_age::NONE);
+        };
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let store_dir = self
+            .shared
+            .info
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .store_dir
+            .clone();
+        let target = Target {
+            root: &self.shared.root,
+            store_dir: &store_dir,
+            max_body: config.max_body,
+        };
+        let declared = request.body_length().map(|n| n as u64);
+        match target.store(path, declared, request.as_reader()) {
+            Ok(stored) => {
+                self.after_upload(&stored);
+                log::info!("stored {path}");
+                Response::text(200, "stored").header("Cache-Control", max_age::NONE)
+            }
+            Err(e) => {
+                log::warn!("upload of {path} refused: {}", e.message());
+                Response::text(e.status(), &e.message()).header("Cache-Control", max_age::NONE)
+            }
+        }
+    }
+
+    /// Makes a stored narinfo or nix-cache-info visible without waiting for a rescan.
+    fn after_upload(&self, stored: &Stored) {
+        match stored {
+            Stored::NarInfo { hash } => {
+                if let Err(e) = self.shared.index.get(hash) {
+                    log::warn!("{hash}.narinfo stored but not indexed: {e}");
+                }
+            }
+            Stored::CacheInfo => {
+                if let Ok(info) = CacheInfo::load(&self.shared.root, self.shared.priority) {
+                    *self.shared.info.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(info);
+                }
+            }
+            Stored::File { .. } => {}
+        }
     }
 
     fn cache_info(&self) -> Response {
@@ -193,17 +331,18 @@ impl Cache {
 
     fn narinfo(&self, hash: &str) -> io::Result<Response> {
         match self.shared.index.get(hash) {
-            Ok(Lookup::Found(entry)) => Ok(Response::new(
-                200,
-                Body::Bytes(entry.body.clone(), 0..entry.body.len()),
-            )
-            .header("Content-Type", "text/x-nix-narinfo")
-            .header("Cache-Control", max_age::SHORT)
-            .header("ETag", format!("\"{:016x}\"", entry.etag))
-            .header(
-                "Last-Modified",
-                httpdate::fmt_http_date(entry.version.mtime),
-            )),
+            Ok(Lookup::Found(entry)) => {
+                let served = self.shared.index.served(&entry);
+                let len = served.body.len();
+                Ok(Response::new(200, Body::Bytes(served.body, 0..len))
+                    .header("Content-Type", "text/x-nix-narinfo")
+                    .header("Cache-Control", max_age::SHORT)
+                    .header("ETag", format!("\"{:016x}\"", served.etag))
+                    .header(
+                        "Last-Modified",
+                        httpdate::fmt_http_date(entry.version.mtime),
+                    ))
+            }
             Ok(Lookup::Missing) => Ok(not_found()),
             Err(e) if is_denied(&e) => Ok(denied(hash, &e)),
             Err(e) => Err(e),
@@ -299,6 +438,26 @@ fn start_rescans(shared: Weak<Shared>, interval: Duration) {
         log::error!(
             "could not start the rescan thread: {e}; the index is refreshed per request only"
         );
+    }
+}
+
+/// One of the limited upload places, given back on drop.
+struct UploadSlot<'a>(&'a AtomicUsize);
+
+impl<'a> UploadSlot<'a> {
+    fn take(active: &'a AtomicUsize, max: usize) -> Option<UploadSlot<'a>> {
+        active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| UploadSlot(active))
+    }
+}
+
+impl Drop for UploadSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -18,6 +18,12 @@ pub struct Options {
     pub priority: Option<u32>,
     pub rescan_interval: Duration,
     pub log_level: log::LevelFilter,
+    /// Secret key files; every narinfo served is signed with each.
+    pub sign_keys: Vec<PathBuf>,
+    /// Enables uploads: one token per line.
+    pub upload_token_file: Option<PathBuf>,
+    pub max_upload_size: Option<u64>,
+    pub max_uploads: Option<usize>,
 }
 
 /// What the command line asked for.
@@ -48,6 +54,17 @@ OPTIONS:
                                 [default: 60]                       (NIX_BINARY_CACHE_RESCAN_INTERVAL)
         --log-level LEVEL       off, error, warn, info (one line per request), debug, trace
                                 [default: info]                           (NIX_BINARY_CACHE_LOG_LEVEL)
+        --sign-key FILE         sign every narinfo served with this secret key (as written by
+                                `nix key generate-secret`); repeatable
+                                                   (NIX_BINARY_CACHE_SIGN_KEY_FILE, comma-separated)
+        --upload-token-file FILE
+                                accept PUT uploads (`nix copy --to http://…`) from clients that
+                                send one of the tokens in FILE (one per line) as HTTP Basic
+                                password or Bearer token        (NIX_BINARY_CACHE_UPLOAD_TOKEN_FILE)
+        --max-upload-size SIZE  largest NAR, log or listing accepted, e.g. 512M, 16G
+                                [default: 16G]                 (NIX_BINARY_CACHE_MAX_UPLOAD_SIZE)
+        --max-uploads N         uploads at once; more get 503 and Nix retries [default: 8]
+                                                                      (NIX_BINARY_CACHE_MAX_UPLOADS)
     -h, --help                  print this help
     -V, --version               print the version
 
@@ -79,6 +96,24 @@ pub fn parse(
     let mut rescan: Option<u64> =
         env_value(&env, "NIX_BINARY_CACHE_RESCAN_INTERVAL", "rescan interval")?;
     let mut log_level = env_value(&env, "NIX_BINARY_CACHE_LOG_LEVEL", "log level")?;
+    let mut sign_keys: Vec<PathBuf> = env("NIX_BINARY_CACHE_SIGN_KEY_FILE")
+        .map(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut cli_sign_keys = Vec::new();
+    let mut upload_token_file = env("NIX_BINARY_CACHE_UPLOAD_TOKEN_FILE").map(PathBuf::from);
+    let mut max_upload_size = match env("NIX_BINARY_CACHE_MAX_UPLOAD_SIZE") {
+        Some(text) => Some(
+            parse_size(&text)
+                .map_err(|e| UsageError(format!("{e} in NIX_BINARY_CACHE_MAX_UPLOAD_SIZE")))?,
+        ),
+        None => None,
+    };
+    let mut max_uploads = env_value(&env, "NIX_BINARY_CACHE_MAX_UPLOADS", "upload count")?;
 
     let mut parser = lexopt::Parser::from_args(args);
     let err = |e: lexopt::Error| UsageError(e.to_string());
@@ -90,6 +125,15 @@ pub fn parse(
             Long("priority") => priority = Some(value(&mut parser, "priority")?),
             Long("rescan-interval") => rescan = Some(value(&mut parser, "rescan interval")?),
             Long("log-level") => log_level = Some(value(&mut parser, "log level")?),
+            Long("sign-key") => cli_sign_keys.push(value::<PathBuf>(&mut parser, "key file")?),
+            Long("upload-token-file") => {
+                upload_token_file = Some(value(&mut parser, "token file")?)
+            }
+            Long("max-upload-size") => {
+                let text: String = value(&mut parser, "size")?;
+                max_upload_size = Some(parse_size(&text).map_err(UsageError)?);
+            }
+            Long("max-uploads") => max_uploads = Some(value(&mut parser, "upload count")?),
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             Value(v) if root.is_none() => root = Some(PathBuf::from(v)),
@@ -109,6 +153,12 @@ pub fn parse(
     if threads == Some(0) {
         return Err(UsageError("--threads must be at least 1".into()));
     }
+    if max_uploads == Some(0) {
+        return Err(UsageError("--max-uploads must be at least 1".into()));
+    }
+    if !cli_sign_keys.is_empty() {
+        sign_keys = cli_sign_keys;
+    }
     Ok(Command::Serve(Options {
         root,
         port: port.unwrap_or(8080),
@@ -117,7 +167,38 @@ pub fn parse(
         priority,
         rescan_interval: Duration::from_secs(rescan.unwrap_or(60)),
         log_level: log_level.unwrap_or(log::LevelFilter::Info),
+        sign_keys,
+        upload_token_file,
+        max_upload_size,
+        max_uploads,
     }))
+}
+
+/// A byte count with an optional binary suffix: `1048576`, `512K`, `512M`, `16G`, `1T`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => {
+                    return Err(format!(
+                        "invalid size {text:?}: use bytes or a K, M, G or T suffix"
+                    ));
+                }
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("invalid size {text:?}: use bytes or a K, M, G or T suffix"))
 }
 
 fn value<T: std::str::FromStr>(parser: &mut lexopt::Parser, what: &str) -> Result<T, UsageError> {
@@ -190,6 +271,46 @@ mod tests {
     }
 
     #[test]
+    fn upload_and_signing_options() {
+        let cmd = run(&[
+            "--sign-key",
+            "/k1",
+            "--sign-key",
+            "/k2",
+            "--upload-token-file",
+            "/t",
+            "--max-upload-size",
+            "512M",
+            "--max-uploads",
+            "3",
+            "/c",
+        ])
+        .unwrap();
+        let Command::Serve(o) = cmd else { panic!() };
+        assert_eq!(
+            o.sign_keys,
+            vec![PathBuf::from("/k1"), PathBuf::from("/k2")]
+        );
+        assert_eq!(o.upload_token_file, Some(PathBuf::from("/t")));
+        assert_eq!(
+            (o.max_upload_size, o.max_uploads),
+            (Some(512 << 20), Some(3))
+        );
+        let env = |k: &str| (k == "NIX_BINARY_CACHE_SIGN_KEY_FILE").then(|| "/a,/b".to_string());
+        let Command::Serve(o) = parse([OsString::from("/c")], env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(o.sign_keys, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(parse_size("16G"), Ok(16 << 30));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(
+            parse_size("12X").is_err()
+                && parse_size("G").is_err()
+                && parse_size("99999999T").is_err()
+        );
+    }
+
+    #[test]
     fn mistakes_are_named() {
         for (args, says) in [
             (&["--port", "x", "/c"][..], "invalid port"),
@@ -199,6 +320,8 @@ mod tests {
             (&["/a", "/b"][..], "only one PATH"),
             (&["--threads", "0", "/c"][..], "at least 1"),
             (&["--log-level", "loud", "/c"][..], "invalid log level"),
+            (&["--max-upload-size", "lots", "/c"][..], "invalid size"),
+            (&["--max-uploads", "0", "/c"][..], "at least 1"),
         ] {
             let e = run(args).unwrap_err();
             assert!(e.0.contains(says), "{args:?}: {e}");

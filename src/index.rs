@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -17,27 +17,45 @@ use rayon::prelude::*;
 use crate::files::{self, Version};
 use crate::narinfo::NarInfo;
 use crate::nix32;
+use crate::signing::{self, SigningKey};
 
 /// Key of the map: the 20 bytes behind a 32-character store hash.
 type Key = [u8; 20];
 
-/// One narinfo as served.
-#[derive(Debug, Clone)]
+/// One narinfo file, as read from disk.
+#[derive(Debug)]
 pub struct Entry {
-    /// The bytes sent to clients.
-    pub body: Arc<[u8]>,
-    /// Version of the file the body was made from.
+    /// The file's bytes.
+    raw: Arc<[u8]>,
+    /// Version of the file the bytes were read from.
     pub version: Version,
-    /// Entity tag of `body`, stable across restarts and replicas.
-    pub etag: u64,
     /// Size of the NAR file (`FileSize`), for totals on the landing page and in metrics.
     pub file_size: u64,
+    /// What clients get: the bytes plus our signatures, made on first use and kept.
+    served: OnceLock<Served>,
+}
+
+/// The bytes sent for a narinfo and their entity tag.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub body: Arc<[u8]>,
+    /// Stable across restarts and replicas with the same keys.
+    pub etag: u64,
+}
+
+impl Served {
+    fn of(body: Arc<[u8]>) -> Served {
+        Served {
+            etag: fnv1a(&body),
+            body,
+        }
+    }
 }
 
 /// What a lookup found.
 #[derive(Debug)]
 pub enum Lookup {
-    Found(Entry),
+    Found(Arc<Entry>),
     /// No such narinfo (or it is malformed, which the log says): the client moves on.
     Missing,
 }
@@ -55,7 +73,8 @@ pub struct ScanStats {
 pub struct Index {
     root: PathBuf,
     store_dir: String,
-    map: RwLock<HashMap<Key, Entry>>,
+    sign_keys: Vec<SigningKey>,
+    map: RwLock<HashMap<Key, Arc<Entry>>>,
     /// Malformed files already warned about, so that each is reported once per version.
     broken: Mutex<HashMap<Key, Version>>,
     last_scan: Mutex<ScanStats>,
@@ -69,10 +88,11 @@ enum LoadError {
 }
 
 impl Index {
-    pub fn new(root: &Path, store_dir: &str) -> Index {
+    pub fn new(root: &Path, store_dir: &str, sign_keys: Vec<SigningKey>) -> Index {
         Index {
             root: root.to_path_buf(),
             store_dir: store_dir.to_string(),
+            sign_keys,
             map: RwLock::new(HashMap::new()),
             broken: Mutex::new(HashMap::new()),
             last_scan: Mutex::new(ScanStats::default()),
@@ -92,11 +112,11 @@ impl Index {
         self.read_map().values().map(|e| e.file_size).sum()
     }
 
-    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, Entry>> {
+    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, Arc<Entry>>> {
         self.map.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Key, Entry>> {
+    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Key, Arc<Entry>>> {
         self.map.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -139,8 +159,34 @@ impl Index {
         }
     }
 
+    /// The bytes to send for `entry`: signed with our keys the first time, then kept.
+    pub fn served(&self, entry: &Entry) -> Served {
+        entry.served.get_or_init(|| self.sign(&entry.raw)).clone()
+    }
+
+    fn sign(&self, raw: &Arc<[u8]>) -> Served {
+        if self.sign_keys.is_empty() {
+            return Served::of(raw.clone());
+        }
+        // `load` only keeps files that are UTF-8 and parse.
+        let text = std::str::from_utf8(raw).unwrap_or_default();
+        let signed = NarInfo::parse(text, &self.store_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|info| {
+                signing::sign_narinfo(text, &info, &self.sign_keys, &self.store_dir)
+                    .map_err(|e| e.to_string())
+            });
+        match signed {
+            Ok(signed) => Served::of(Arc::from(signed.into_bytes())),
+            Err(why) => {
+                log::warn!("serving a narinfo unsigned: {why}");
+                Served::of(raw.clone())
+            }
+        }
+    }
+
     /// Reads and checks one narinfo file.
-    fn load(&self, hash: &str, path: &Path) -> Result<Entry, LoadError> {
+    fn load(&self, hash: &str, path: &Path) -> Result<Arc<Entry>, LoadError> {
         let (mut file, meta) = files::open_regular(path)
             .map_err(LoadError::Io)?
             .ok_or(LoadError::Absent)?;
@@ -157,13 +203,18 @@ impl Index {
             )));
         }
         let file_size = info.file_size.unwrap_or(0);
-        let body: Arc<[u8]> = Arc::from(text.into_bytes());
-        Ok(Entry {
-            etag: fnv1a(&body),
-            body,
+        let raw: Arc<[u8]> = Arc::from(text.into_bytes());
+        let served = OnceLock::new();
+        if self.sign_keys.is_empty() {
+            // Nothing to add: serve the file's bytes, no second copy.
+            let _ = served.set(Served::of(raw.clone()));
+        }
+        Ok(Arc::new(Entry {
+            raw,
             version: Version::of(&meta),
             file_size,
-        })
+            served,
+        }))
     }
 
     /// Builds a fresh map from the directory and swaps it in. Unchanged files are not read
@@ -171,7 +222,7 @@ impl Index {
     pub fn rescan(&self) -> io::Result<ScanStats> {
         let start = Instant::now();
         let names = self.list_narinfo_hashes()?;
-        let results: Vec<(Key, Option<Entry>, bool)> = names
+        let results: Vec<(Key, Option<Arc<Entry>>, bool)> = names
             .par_iter()
             .filter_map(|hash| self.scan_one(hash))
             .collect();
@@ -196,7 +247,7 @@ impl Index {
     }
 
     /// One file of a scan: `(key, entry or None if skipped, reused?)`; `None` if it vanished.
-    fn scan_one(&self, hash: &str) -> Option<(Key, Option<Entry>, bool)> {
+    fn scan_one(&self, hash: &str) -> Option<(Key, Option<Arc<Entry>>, bool)> {
         let key = nix32::store_hash_key(hash)?;
         let path = self.path_of(hash);
         let version = match files::version(&path) {

@@ -21,6 +21,8 @@
 //! }
 //! ```
 
+mod atomic;
+pub mod auth;
 mod cache;
 mod cache_info;
 mod files;
@@ -33,9 +35,12 @@ mod response;
 pub mod route;
 pub mod send;
 pub mod server;
+pub mod signing;
 mod socket;
+pub mod upload;
 
-pub use cache::{Cache, Config};
+pub use auth::Tokens;
+pub use cache::{Cache, Config, UploadConfig};
 pub use cache_info::CacheInfo;
 pub use index::ScanStats;
 pub use mount::Mount;

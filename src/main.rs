@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use nix_binary_cache::server::{self, PoolConfig};
-use nix_binary_cache::{Cache, Config, Mount};
+use nix_binary_cache::signing::SigningKey;
+use nix_binary_cache::{Cache, Config, Mount, Tokens, UploadConfig};
 
 fn main() -> ExitCode {
     let command = cli::parse(std::env::args_os().skip(1), |k| std::env::var(k).ok());
@@ -51,6 +52,8 @@ fn serve(options: cli::Options) -> Result<(), String> {
     let mut config = Config::new(&options.root);
     config.priority = options.priority;
     config.rescan_interval = options.rescan_interval;
+    config.sign_keys = load_keys(&options.sign_keys)?;
+    config.uploads = upload_config(&options)?;
     let cache = Cache::open(config).map_err(|e| e.to_string())?;
 
     let mut pool = PoolConfig::default();
@@ -71,6 +74,42 @@ fn serve(options: cli::Options) -> Result<(), String> {
     running.stop();
     log::info!("stopped");
     Ok(())
+}
+
+/// Reads every secret key; any problem stops the start (a key silently ignored would leave
+/// clients rejecting the cache).
+fn load_keys(files: &[std::path::PathBuf]) -> Result<Vec<SigningKey>, String> {
+    let mut keys = Vec::new();
+    for file in files {
+        let key = SigningKey::from_file(file).map_err(|e| e.to_string())?;
+        log::info!(
+            "signing narinfos with {}; clients need: trusted-public-keys = {}",
+            file.display(),
+            key.public_key()
+        );
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+fn upload_config(options: &cli::Options) -> Result<Option<UploadConfig>, String> {
+    let Some(file) = &options.upload_token_file else {
+        return Ok(None);
+    };
+    let mut config = UploadConfig::new(Tokens::from_file(file).map_err(|e| e.to_string())?);
+    if let Some(max) = options.max_upload_size {
+        config.max_body = max;
+    }
+    if let Some(n) = options.max_uploads {
+        config.max_concurrent = n;
+    }
+    log::info!(
+        "uploads enabled (tokens from {}, at most {} bytes each, {} at once)",
+        file.display(),
+        config.max_body,
+        config.max_concurrent
+    );
+    Ok(Some(config))
 }
 
 fn init_logging(level: log::LevelFilter) {

@@ -168,6 +168,17 @@ impl Worker {
             return;
         };
         let start = Instant::now();
+        if request.method() == &tiny_http::Method::Put && cache.accepts_uploads() {
+            // Uploads read a body from the network: keep them off the workers.
+            let (cache, path) = (cache.clone(), path.into_owned());
+            let spawned = std::thread::Builder::new()
+                .name("upload".into())
+                .spawn(move || cache.serve(request, &path, close));
+            if let Err(e) = spawned {
+                log::error!("could not start an upload thread: {e}");
+            }
+            return;
+        }
         let response = cache.answer(request.method(), &path, request.headers());
         let big = matches!(&response.body, Body::File { len, .. } if *len >= HANDOFF_BYTES);
         if big && self.try_reserve_transfer() {

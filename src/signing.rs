@@ -1,0 +1,903 @@
+//! ed25519 signing of narinfos, using the key files and signatures the Nix client itself uses.
+//!
+//! With `require-sigs = true` (the default), a Nix client accepts a narinfo only if it has a
+//! `Sig: name:base64` line made by a key in its `trusted-public-keys`. The signature covers a
+//! *fingerprint* of the path ([`fingerprint`]) rather than the narinfo text, so lines can be added
+//! or moved without breaking it. Keys are the files `nix key generate-secret` writes, and ed25519
+//! is deterministic, so a signature made here is the exact `Sig:` line Nix would have written.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use ed25519_dalek::{Signature, Signer};
+
+use crate::narinfo::NarInfo;
+use crate::nix32;
+
+/// Standard base64 as Nix writes it (padded); decoding also takes unpadded text, as Nix does.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// A Nix secret key is the 32-byte seed followed by the 32-byte public key (libsodium's layout).
+const SECRET_LEN: usize = 64;
+const PUBLIC_LEN: usize = 32;
+
+/// Key files are one short line; reading stops here so that a wrong path (a log, `/dev/zero`)
+/// fails quickly instead of filling memory.
+const MAX_KEY_FILE_LEN: u64 = 4096;
+
+/// A secret key that signs narinfos, with the name that goes in front of every signature.
+#[derive(Clone)]
+pub struct SigningKey {
+    name: String,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl SigningKey {
+    /// Parses Nix's secret key format, `name:base64(seed ‖ public key)`.
+    pub fn parse(text: &str) -> Result<SigningKey, KeyError> {
+        parse_secret(text).map_err(|problem| KeyError::new(None, KeyKind::Secret, problem))
+    }
+
+    /// Reads and parses a secret key file; errors name the file.
+    pub fn from_file(path: &Path) -> Result<SigningKey, KeyError> {
+        read_key_file(path)
+            .and_then(|text| parse_secret(&text))
+            .map_err(|problem| KeyError::new(Some(path), KeyKind::Secret, problem))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The `name:base64` line for `trusted-public-keys`, as `nix key convert-secret-to-public`
+    /// prints it.
+    pub fn public_key(&self) -> String {
+        format!(
+            "{}:{}",
+            self.name,
+            BASE64.encode(self.key.verifying_key().as_bytes())
+        )
+    }
+
+    /// Signs `message` (normally a [`fingerprint`]), giving the value of a `Sig:` line.
+    pub fn sign(&self, message: &[u8]) -> String {
+        let signature = self.key.sign(message);
+        format!("{}:{}", self.name, BASE64.encode(signature.to_bytes()))
+    }
+}
+
+/// Shows the name and public key only: the secret must never reach a log.
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("public_key", &self.public_key())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A public key as listed in `trusted-public-keys`: `name:base64(32 bytes)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    name: String,
+    key: ed25519_dalek::VerifyingKey,
+}
+
+impl PublicKey {
+    pub fn parse(text: &str) -> Result<PublicKey, KeyError> {
+        parse_public(text).map_err(|problem| KeyError::new(None, KeyKind::Public, problem))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True if `sig` (a `Sig:` value, `name:base64`) is this key's signature of `fingerprint`.
+    /// A signature by another key name is simply not valid for this key, as in Nix.
+    pub fn verify(&self, fingerprint: &str, sig: &str) -> bool {
+        let Some((name, data)) = sig.split_once(':') else {
+            return false;
+        };
+        if name != self.name {
+            return false;
+        }
+        let Ok(bytes) = BASE64.decode(data) else {
+            return false;
+        };
+        let Ok(signature) = Signature::from_slice(&bytes) else {
+            return false;
+        };
+        // Strict verification refuses the weak keys and malleable signatures libsodium refuses.
+        self.key
+            .verify_strict(fingerprint.as_bytes(), &signature)
+            .is_ok()
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.name, BASE64.encode(self.key.as_bytes()))
+    }
+}
+
+fn parse_secret(text: &str) -> Result<SigningKey, KeyProblem> {
+    let (name, bytes) = split_key(text)?;
+    let wrong_length = KeyProblem::WrongLength {
+        expected: SECRET_LEN,
+        found: bytes.len(),
+    };
+    if bytes.len() != SECRET_LEN {
+        return Err(wrong_length);
+    }
+    let Some((seed, public)) = bytes.split_first_chunk::<32>() else {
+        return Err(wrong_length);
+    };
+    let key = ed25519_dalek::SigningKey::from_bytes(seed);
+    // The public half is redundant; if it disagrees, the file was damaged or pieced together,
+    // and clients trusting that public half would reject every signature we make.
+    if key.verifying_key().as_bytes().as_slice() != public {
+        return Err(KeyProblem::PublicHalfMismatch);
+    }
+    Ok(SigningKey {
+        name: name.to_owned(),
+        key,
+    })
+}
+
+fn parse_public(text: &str) -> Result<PublicKey, KeyProblem> {
+    let (name, bytes) = split_key(text)?;
+    let Ok(array) = <[u8; PUBLIC_LEN]>::try_from(bytes.as_slice()) else {
+        return Err(KeyProblem::WrongLength {
+            expected: PUBLIC_LEN,
+            found: bytes.len(),
+        });
+    };
+    let key =
+        ed25519_dalek::VerifyingKey::from_bytes(&array).map_err(|_| KeyProblem::NotACurvePoint)?;
+    Ok(PublicKey {
+        name: name.to_owned(),
+        key,
+    })
+}
+
+/// Splits `name:base64` at the first ':' (as Nix does) and decodes the key bytes.
+fn split_key(text: &str) -> Result<(&str, Vec<u8>), KeyProblem> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(KeyProblem::Empty);
+    }
+    let (name, data) = text.split_once(':').ok_or(KeyProblem::NoColon)?;
+    if name.is_empty() {
+        return Err(KeyProblem::EmptyName);
+    }
+    // The name is copied into every `Sig:` line and `trusted-public-keys` is split on
+    // whitespace, so such a name would corrupt narinfos or never be trusted.
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(KeyProblem::BadName);
+    }
+    let bytes = BASE64
+        .decode(data)
+        .map_err(|e| KeyProblem::BadBase64(describe_base64_error(&e)))?;
+    Ok((name, bytes))
+}
+
+/// Says what is wrong without quoting the offending byte: it is a piece of a secret key.
+fn describe_base64_error(e: &base64::DecodeError) -> String {
+    use base64::DecodeError::*;
+    match e {
+        InvalidByte(at, _) | InvalidLastSymbol(at, _) => {
+            format!("invalid base64 character at position {} after ':'", at + 1)
+        }
+        InvalidLength(_) => "the base64 text is cut short".to_owned(),
+        InvalidPadding => "the base64 padding ('=') is wrong".to_owned(),
+    }
+}
+
+fn read_key_file(path: &Path) -> Result<String, KeyProblem> {
+    let unreadable = |e: io::Error| match e.kind() {
+        io::ErrorKind::NotFound => KeyProblem::Missing,
+        _ => KeyProblem::Unreadable(e),
+    };
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|file| file.take(MAX_KEY_FILE_LEN + 1).read_to_end(&mut bytes))
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_KEY_FILE_LEN {
+        return Err(KeyProblem::TooLarge);
+    }
+    String::from_utf8(bytes).map_err(|_| KeyProblem::NotText)
+}
+
+/// Why a key could not be loaded; the message names the file (when there is one) and the fix.
+/// It never quotes the key text, so it is safe to log.
+#[derive(Debug)]
+pub struct KeyError {
+    file: Option<PathBuf>,
+    kind: KeyKind,
+    problem: KeyProblem,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Secret,
+    Public,
+}
+
+impl KeyKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Secret => "secret",
+            KeyKind::Public => "public",
+        }
+    }
+}
+
+/// What exactly is wrong with a key or key file.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum KeyProblem {
+    Missing,
+    Unreadable(io::Error),
+    TooLarge,
+    NotText,
+    Empty,
+    NoColon,
+    EmptyName,
+    BadName,
+    BadBase64(String),
+    WrongLength { expected: usize, found: usize },
+    PublicHalfMismatch,
+    NotACurvePoint,
+}
+
+impl KeyError {
+    fn new(file: Option<&Path>, kind: KeyKind, problem: KeyProblem) -> KeyError {
+        KeyError {
+            file: file.map(Path::to_owned),
+            kind,
+            problem,
+        }
+    }
+
+    /// The key file, if the key was read from one.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    pub fn problem(&self) -> &KeyProblem {
+        &self.problem
+    }
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = self.kind.as_str();
+        match (&self.file, &self.problem) {
+            (Some(path), KeyProblem::Missing) => {
+                write!(f, "{kind} key file {} does not exist", path.display())?;
+                if self.kind == KeyKind::Secret {
+                    write!(
+                        f,
+                        " (create one with `nix key generate-secret --key-name NAME > {}`)",
+                        path.display()
+                    )?;
+                }
+                Ok(())
+            }
+            (Some(path), KeyProblem::Unreadable(e)) => {
+                write!(f, "cannot read {kind} key file {}: {e}", path.display())
+            }
+            (Some(path), problem) => write!(
+                f,
+                "{kind} key file {} is not a valid Nix {kind} key: {problem}",
+                path.display()
+            ),
+            (None, problem) => write!(f, "not a valid Nix {kind} key: {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.problem {
+            KeyProblem::Unreadable(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyProblem::Missing => f.write_str("the file does not exist"),
+            KeyProblem::Unreadable(e) => write!(f, "the file cannot be read: {e}"),
+            KeyProblem::TooLarge => write!(
+                f,
+                "the file is larger than {MAX_KEY_FILE_LEN} bytes; a key file is one line `name:base64`"
+            ),
+            KeyProblem::NotText => {
+                f.write_str("the file is not text; a key file is one line `name:base64`")
+            }
+            KeyProblem::Empty => f.write_str("it is empty (expected one line `name:base64`)"),
+            KeyProblem::NoColon => f.write_str(
+                "there is no ':' between the key name and the key (expected `name:base64`)",
+            ),
+            KeyProblem::EmptyName => f.write_str("the key name before ':' is empty"),
+            KeyProblem::BadName => {
+                f.write_str("the key name before ':' contains whitespace or control characters")
+            }
+            KeyProblem::BadBase64(why) => write!(f, "the key after ':' is not base64: {why}"),
+            KeyProblem::WrongLength { expected, found } => {
+                write!(f, "the key is {found} bytes long, expected {expected}")?;
+                match (expected, found) {
+                    (&SECRET_LEN, &PUBLIC_LEN) => f.write_str(
+                        "; this looks like a public key, but signing needs the secret key \
+                         written by `nix key generate-secret`",
+                    ),
+                    (&PUBLIC_LEN, &SECRET_LEN) => f.write_str(
+                        "; this looks like a secret key, derive the public key with \
+                         `nix key convert-secret-to-public`",
+                    ),
+                    _ => Ok(()),
+                }
+            }
+            KeyProblem::PublicHalfMismatch => f.write_str(
+                "its public half (last 32 bytes) does not belong to its secret seed (first 32 \
+                 bytes); the file is damaged, generate a new key with `nix key generate-secret`",
+            ),
+            KeyProblem::NotACurvePoint => f.write_str("the 32 bytes are not an ed25519 public key"),
+        }
+    }
+}
+
+/// The message Nix signs for a store path:
+/// `1;<StorePath>;sha256:<nix32 NarHash>;<NarSize>;<reference paths, sorted, comma-separated>`.
+///
+/// The NarHash is re-rendered in nix32 whatever encoding the narinfo used, and references become
+/// full paths under `store_dir` (no trailing '/'), sorted and deduplicated, because Nix builds
+/// the fingerprint from its own sorted set of paths, not from the narinfo text.
+pub fn fingerprint(info: &NarInfo, store_dir: &str) -> Result<String, FingerprintError> {
+    let refuse = |problem| FingerprintError {
+        store_path: info.store_path.to_owned(),
+        nar_hash: info.nar_hash.to_owned(),
+        problem,
+    };
+    // Nix refuses too: a size of 0 means "unknown", and signing it would vouch for nothing.
+    if info.nar_size == 0 {
+        return Err(refuse(FingerprintProblem::ZeroNarSize));
+    }
+    let digest = sha256_digest(info.nar_hash).map_err(refuse)?;
+    let references: BTreeSet<String> = info
+        .references
+        .iter()
+        .map(|r| format!("{store_dir}/{r}"))
+        .collect();
+    Ok(format!(
+        "1;{};sha256:{};{};{}",
+        info.store_path,
+        nix32::encode(&digest),
+        info.nar_size,
+        references.into_iter().collect::<Vec<_>>().join(",")
+    ))
+}
+
+/// Decodes a sha256 hash in any form Nix parses: SRI `sha256-<base64>`, or `sha256:` followed by
+/// nix32, base16 or base64, which Nix tells apart by length.
+fn sha256_digest(value: &str) -> Result<[u8; 32], FingerprintProblem> {
+    let mut digest = [0u8; 32];
+    if let Some(b64) = value.strip_prefix("sha256-") {
+        decode_base64_digest(b64, &mut digest)?;
+    } else if let Some(text) = value.strip_prefix("sha256:") {
+        match text.len() {
+            nix32::SHA256_LEN => nix32::decode_into(text.as_bytes(), &mut digest)
+                .ok_or(FingerprintProblem::BadDigest("invalid nix32"))?,
+            64 => decode_hex(text, &mut digest)?,
+            44 => decode_base64_digest(text, &mut digest)?,
+            _ => {
+                return Err(FingerprintProblem::BadDigest(
+                    "wrong length: sha256 is 52 nix32, 64 hex or 44 base64 characters",
+                ));
+            }
+        }
+    } else {
+        return Err(FingerprintProblem::NotSha256);
+    }
+    Ok(digest)
+}
+
+fn decode_base64_digest(text: &str, out: &mut [u8; 32]) -> Result<(), FingerprintProblem> {
+    match BASE64.decode(text) {
+        Ok(bytes) if bytes.len() == out.len() => {
+            out.copy_from_slice(&bytes);
+            Ok(())
+        }
+        _ => Err(FingerprintProblem::BadDigest(
+            "invalid base64 sha256 digest",
+        )),
+    }
+}
+
+fn decode_hex(text: &str, out: &mut [u8; 32]) -> Result<(), FingerprintProblem> {
+    let bad = FingerprintProblem::BadDigest("invalid hexadecimal");
+    if text.len() != out.len() * 2 {
+        return Err(bad);
+    }
+    for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        let digit = |c: u8| (c as char).to_digit(16).ok_or(bad.clone());
+        *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Ok(())
+}
+
+/// Why a narinfo cannot be signed; the message names the store path and what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FingerprintError {
+    pub store_path: String,
+    pub nar_hash: String,
+    pub problem: FingerprintProblem,
+}
+
+/// What stands in the way of a fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FingerprintProblem {
+    /// `NarSize: 0`, which Nix uses for "unknown".
+    ZeroNarSize,
+    /// The NarHash uses another algorithm; Nix only signs sha256 NAR hashes.
+    NotSha256,
+    /// The NarHash says sha256 but its digest does not decode to 32 bytes.
+    BadDigest(&'static str),
+}
+
+impl fmt::Display for FingerprintError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (path, hash) = (&self.store_path, &self.nar_hash);
+        match &self.problem {
+            FingerprintProblem::ZeroNarSize => write!(
+                f,
+                "cannot sign {path}: its narinfo has NarSize 0, which Nix treats as unknown and \
+                 refuses to sign; put the real NAR size in the narinfo"
+            ),
+            FingerprintProblem::NotSha256 => write!(
+                f,
+                "cannot sign {path}: NarHash {hash:?} is not a sha256 hash, and Nix only signs \
+                 sha256 NAR hashes"
+            ),
+            FingerprintProblem::BadDigest(why) => write!(
+                f,
+                "cannot sign {path}: NarHash {hash:?} is not a valid sha256 hash ({why})"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for FingerprintError {}
+
+/// Returns `text` (the narinfo `info` was parsed from) with a `Sig:` line appended for each key
+/// whose name has no signature yet. Existing `Sig:` lines are kept as they are: a second signing
+/// changes nothing, and signatures by other keys survive. Nothing to add returns `text` unchanged,
+/// even for a narinfo that could not be signed.
+pub fn sign_narinfo(
+    text: &str,
+    info: &NarInfo,
+    keys: &[SigningKey],
+    store_dir: &str,
+) -> Result<String, FingerprintError> {
+    let mut signed: Vec<&str> = info
+        .sigs
+        .iter()
+        .filter_map(|sig| sig.split_once(':').map(|(name, _)| name))
+        .collect();
+    let mut missing = Vec::new();
+    for key in keys {
+        // A name repeated in `keys` is signed once: Nix trusts one key per name anyway.
+        if !signed.contains(&key.name()) {
+            signed.push(key.name());
+            missing.push(key);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(text.to_owned());
+    }
+
+    let fingerprint = fingerprint(info, store_dir)?;
+    let mut out = String::with_capacity(text.len() + missing.len() * 128);
+    out.push_str(text);
+    // Every line must end with '\n'; Nix's parser rejects a last line without one.
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    for key in missing {
+        out.push_str("Sig: ");
+        out.push_str(&key.sign(fingerprint.as_bytes()));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    macro_rules! fixture {
+        ($path:literal) => {
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/",
+                $path
+            ))
+        };
+    }
+
+    const STORE: &str = "/nix/store";
+    const SECRET: &str = fixture!("keys/test-key.sec");
+    const PUBLIC: &str = fixture!("keys/test-key.pub");
+
+    /// (unsigned narinfo from `cache-xz`, the same narinfo signed by Nix in `cache-signed`).
+    const PAIRS: [(&str, &str); 3] = [
+        (
+            fixture!("cache-xz/6ll6zs2rb9av0iylc29c154xzi53g46a.narinfo"),
+            fixture!("cache-signed/6ll6zs2rb9av0iylc29c154xzi53g46a.narinfo"),
+        ),
+        (
+            fixture!("cache-xz/k4xpmqvg9i98lysjxjaylm51m1sjki3m.narinfo"),
+            fixture!("cache-signed/k4xpmqvg9i98lysjxjaylm51m1sjki3m.narinfo"),
+        ),
+        (
+            fixture!("cache-xz/kkafqq118sd9ik0pwm1z46lb3gj66hih.narinfo"),
+            fixture!("cache-signed/kkafqq118sd9ik0pwm1z46lb3gj66hih.narinfo"),
+        ),
+    ];
+
+    /// `cache-xz/6ll6….narinfo`, whose NarHash the tests below rewrite in other encodings.
+    const MID: &str = PAIRS[0].0;
+    const MID_FINGERPRINT: &str = "1;/nix/store/6ll6zs2rb9av0iylc29c154xzi53g46a-fixture-mid;\
+        sha256:1dkwm6fia7rwkgwkwlwqszbxwx5jh4vdwfz71fzk3s155k4yccv4;648;\
+        /nix/store/k4xpmqvg9i98lysjxjaylm51m1sjki3m-fixture-base";
+    const MID_NIX32: &str = "sha256:1dkwm6fia7rwkgwkwlwqszbxwx5jh4vdwfz71fzk3s155k4yccv4";
+
+    fn test_key() -> SigningKey {
+        SigningKey::parse(SECRET).unwrap()
+    }
+
+    /// A second key, as `nix key generate-secret` would write it.
+    fn other_key_text(name: &str) -> String {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        format!("{name}:{}", BASE64.encode(key.to_keypair_bytes()))
+    }
+
+    fn parse(text: &str) -> NarInfo<'_> {
+        NarInfo::parse(text, STORE).unwrap()
+    }
+
+    fn fingerprint_of(text: &str) -> Result<String, FingerprintError> {
+        fingerprint(&parse(text), STORE)
+    }
+
+    #[test]
+    fn public_key_matches_nix_convert_secret_to_public() {
+        let key = test_key();
+        assert_eq!(key.name(), "test-cache-1");
+        assert_eq!(key.public_key(), PUBLIC.trim_end());
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/keys/test-key.sec"
+        );
+        let from_file = SigningKey::from_file(Path::new(path)).unwrap();
+        assert_eq!(from_file.public_key(), PUBLIC.trim_end());
+        let public = PublicKey::parse(PUBLIC).unwrap();
+        assert_eq!(public.name(), "test-cache-1");
+        assert_eq!(public.to_string(), PUBLIC.trim_end());
+    }
+
+    #[test]
+    fn trailing_newline_in_key_file_is_ignored() {
+        let key = SigningKey::parse(&format!("{SECRET}\n")).unwrap();
+        assert_eq!(key.public_key(), PUBLIC.trim_end());
+    }
+
+    #[test]
+    fn fingerprint_is_nix_format() {
+        assert_eq!(fingerprint_of(MID).unwrap(), MID_FINGERPRINT);
+        // No references: the fingerprint ends with an empty field.
+        assert!(fingerprint_of(PAIRS[1].0).unwrap().ends_with(";1008;"));
+    }
+
+    #[test]
+    fn fingerprints_verify_against_nix_signatures() {
+        let public = PublicKey::parse(PUBLIC).unwrap();
+        for (_, signed) in PAIRS {
+            let info = parse(signed);
+            let fingerprint = fingerprint(&info, STORE).unwrap();
+            assert_eq!(info.sigs.len(), 1);
+            assert!(public.verify(&fingerprint, info.sigs[0]), "{signed}");
+            let tampered = fingerprint.replacen("1;", "2;", 1);
+            assert!(!public.verify(&tampered, info.sigs[0]));
+        }
+    }
+
+    #[test]
+    fn signing_unsigned_narinfo_gives_exactly_what_nix_wrote() {
+        let keys = [test_key()];
+        for (unsigned, signed) in PAIRS {
+            let ours = sign_narinfo(unsigned, &parse(unsigned), &keys, STORE).unwrap();
+            assert_eq!(ours, signed);
+        }
+    }
+
+    #[test]
+    fn other_encodings_of_nar_hash_give_the_same_fingerprint() {
+        // Values printed by Nix 2.8: `nix hash to-base16|to-base64|to-sri` of MID's NarHash.
+        let forms = [
+            "sha256:6433e6c92c25e831bf0be73bde3681b274ded7d798533ef99b3c1f159da97cb6",
+            "sha256:6433E6C92C25E831BF0BE73BDE3681B274DED7D798533EF99B3C1F159DA97CB6",
+            "sha256:ZDPmySwl6DG/C+c73jaBsnTe19eYUz75mzwfFZ2pfLY=",
+            "sha256-ZDPmySwl6DG/C+c73jaBsnTe19eYUz75mzwfFZ2pfLY=",
+        ];
+        for form in forms {
+            let text = MID.replace(MID_NIX32, form);
+            assert_eq!(fingerprint_of(&text).unwrap(), MID_FINGERPRINT, "{form}");
+        }
+    }
+
+    /// A throwaway key from `nix key generate-secret --key-name cross-check-1` (Nix 2.8).
+    const CROSS_CHECK_KEY: &str = "cross-check-1:GAVYQ56sTWWpWsaM8pOcqdcnIcvU/1dDJLIacBjCYLmGt\
+        se8xIzmJym5eNtYkGCaXInAFwegasXl3fn9P/0eAA==";
+
+    /// Checks that signing `text` with that key appends exactly the `Sig:` line that
+    /// Nix 2.8's `nix store sign --key-file` added to the same narinfo.
+    fn assert_signs_like_nix(text: &str, nix_sig: &str) {
+        let keys = [SigningKey::parse(CROSS_CHECK_KEY).unwrap()];
+        let signed = sign_narinfo(text, &parse(text), &keys, STORE).unwrap();
+        assert_eq!(signed.strip_prefix(text), Some(nix_sig));
+    }
+
+    #[test]
+    fn base16_nar_hash_is_signed_like_nix() {
+        let text = MID.replace(
+            MID_NIX32,
+            "sha256:6433e6c92c25e831bf0be73bde3681b274ded7d798533ef99b3c1f159da97cb6",
+        );
+        assert_signs_like_nix(
+            &text,
+            "Sig: cross-check-1:ZFI2pXE447uVJJUPI1v5IdisRSGYvJQy2R0tdFxM+KNIXCYVo2BBWyNCfDHMSvhw\
+             6y2xT068MoJBqddIALj3AA==\n",
+        );
+    }
+
+    #[test]
+    fn unsorted_and_repeated_references_are_signed_like_nix() {
+        let text = MID.replace(
+            "References: k4xpmqvg9i98lysjxjaylm51m1sjki3m-fixture-base",
+            "References: kkafqq118sd9ik0pwm1z46lb3gj66hih-fixture-top \
+             k4xpmqvg9i98lysjxjaylm51m1sjki3m-fixture-base \
+             6ll6zs2rb9av0iylc29c154xzi53g46a-fixture-mid \
+             k4xpmqvg9i98lysjxjaylm51m1sjki3m-fixture-base 0ll6zs2rb9av0iylc29c154xzi53g46a-A",
+        );
+        assert_signs_like_nix(
+            &text,
+            "Sig: cross-check-1:AAYI2EXOCVdg7jxik2Nudn0JbKqoywj9OeeD2MT8rw1oReOF5fYGTYHRi1PFuJmz\
+             GeS9mHXU2wwKPzXeyG29Ag==\n",
+        );
+    }
+
+    #[test]
+    fn references_are_sorted_full_paths_without_duplicates() {
+        let text = MID.replace(
+            "References: k4xpmqvg9i98lysjxjaylm51m1sjki3m-fixture-base",
+            "References: kkafqq118sd9ik0pwm1z46lb3gj66hih-fixture-top \
+             6ll6zs2rb9av0iylc29c154xzi53g46a-fixture-mid \
+             kkafqq118sd9ik0pwm1z46lb3gj66hih-fixture-top",
+        );
+        let fingerprint = fingerprint_of(&text).unwrap();
+        assert!(
+            fingerprint.ends_with(
+                ";648;/nix/store/6ll6zs2rb9av0iylc29c154xzi53g46a-fixture-mid,\
+                 /nix/store/kkafqq118sd9ik0pwm1z46lb3gj66hih-fixture-top"
+            ),
+            "{fingerprint}"
+        );
+    }
+
+    #[test]
+    fn refuses_what_nix_refuses_to_sign() {
+        let zero = MID.replace("NarSize: 648", "NarSize: 0");
+        let e = fingerprint_of(&zero).unwrap_err();
+        assert_eq!(e.problem, FingerprintProblem::ZeroNarSize);
+        assert!(e.to_string().contains("NarSize 0"), "{e}");
+        assert!(e.to_string().contains("fixture-mid"), "{e}");
+
+        // Set on the parsed narinfo, since the narinfo parser already refuses some of these.
+        let mut info = parse(MID);
+        info.nar_hash = "sha512:abcd";
+        let e = fingerprint(&info, STORE).unwrap_err();
+        assert_eq!(e.problem, FingerprintProblem::NotSha256);
+        assert!(e.to_string().contains("not a sha256 hash"), "{e}");
+
+        let bad_digests = [
+            "sha256:abc".to_owned(),
+            format!("sha256:{}", "g".repeat(64)),
+            format!("sha256:{}", "z".repeat(52)),
+            format!("sha256:{}", "!".repeat(44)),
+            "sha256-ZDPm".to_owned(),
+            "sha256-".to_owned(),
+            "sha256:".to_owned(),
+            format!("sha256:{}", "é".repeat(32)),
+        ];
+        for hash in &bad_digests {
+            info.nar_hash = hash;
+            let e = fingerprint(&info, STORE).unwrap_err();
+            assert!(
+                matches!(e.problem, FingerprintProblem::BadDigest(_)),
+                "{hash}"
+            );
+        }
+    }
+
+    #[test]
+    fn signing_twice_adds_nothing() {
+        let keys = [test_key()];
+        let (unsigned, signed) = PAIRS[0];
+        assert_eq!(
+            sign_narinfo(signed, &parse(signed), &keys, STORE).unwrap(),
+            signed
+        );
+        // Repeating a key in `keys` does not repeat its signature either.
+        let twice = [test_key(), test_key()];
+        let once = sign_narinfo(unsigned, &parse(unsigned), &twice, STORE).unwrap();
+        assert_eq!(once, signed);
+        // Already signed: no fingerprint is needed, so even an unsignable narinfo passes through.
+        let zero = signed.replace("NarSize: 648", "NarSize: 0");
+        assert_eq!(
+            sign_narinfo(&zero, &parse(&zero), &keys, STORE).unwrap(),
+            zero
+        );
+    }
+
+    #[test]
+    fn second_key_adds_one_line_and_keeps_the_first() {
+        let other = SigningKey::parse(&other_key_text("other-cache-1")).unwrap();
+        let keys = [test_key(), other];
+        let (_, signed) = PAIRS[2];
+        let both = sign_narinfo(signed, &parse(signed), &keys, STORE).unwrap();
+        let added = both.strip_prefix(signed).unwrap();
+        assert!(added.starts_with("Sig: other-cache-1:") && added.ends_with('\n'));
+        assert_eq!(added.lines().count(), 1);
+
+        let info = parse(&both);
+        let fingerprint = fingerprint(&info, STORE).unwrap();
+        let other_public = PublicKey::parse(&keys[1].public_key()).unwrap();
+        assert!(other_public.verify(&fingerprint, info.sigs[1]));
+        // A signature is only valid under its own key name.
+        assert!(!other_public.verify(&fingerprint, info.sigs[0]));
+    }
+
+    #[test]
+    fn missing_final_newline_is_added_before_the_signature() {
+        let (unsigned, signed) = PAIRS[1];
+        let info = parse(unsigned);
+        let chopped = unsigned.strip_suffix('\n').unwrap();
+        let ours = sign_narinfo(chopped, &info, &[test_key()], STORE).unwrap();
+        assert_eq!(ours, signed);
+    }
+
+    #[test]
+    fn verify_rejects_malformed_signatures() {
+        let public = PublicKey::parse(PUBLIC).unwrap();
+        let fingerprint = fingerprint_of(MID).unwrap();
+        let good = test_key().sign(fingerprint.as_bytes());
+        assert!(public.verify(&fingerprint, &good));
+        let (_, data) = good.split_once(':').unwrap();
+        for sig in [
+            "",
+            "no-colon",
+            &format!("other-name:{data}"),
+            "test-cache-1:!!!",
+            "test-cache-1:AAAA",
+            &format!("test-cache-1:{}", BASE64.encode([0u8; 64])),
+        ] {
+            assert!(!public.verify(&fingerprint, sig), "{sig}");
+        }
+    }
+
+    /// The error for a malformed secret key, checked to say `what` and never to quote the key.
+    fn secret_error(text: &str, what: &str) -> KeyError {
+        let e = SigningKey::parse(text).unwrap_err();
+        let message = e.to_string();
+        assert!(message.contains(what), "{message:?} should say {what:?}");
+        if let Some((_, data)) = text.split_once(':') {
+            assert!(
+                data.len() < 4 || !message.contains(data),
+                "{message} leaks the key"
+            );
+        }
+        e
+    }
+
+    #[test]
+    fn malformed_secret_keys_are_explained() {
+        let (_, data) = SECRET.split_once(':').unwrap();
+        secret_error(data, "no ':'");
+        secret_error(" \n", "empty");
+        secret_error(&format!(":{data}"), "name before ':' is empty");
+        secret_error(&format!("my key:{data}"), "whitespace");
+        secret_error(&format!("k:{}", data.replace('/', "!")), "not base64");
+        secret_error("k:", "0 bytes long, expected 64");
+        // The public key file given where the secret one belongs.
+        secret_error(PUBLIC, "looks like a public key");
+
+        let mut pair = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).to_keypair_bytes();
+        pair[40] ^= 1;
+        let e = secret_error(&format!("k:{}", BASE64.encode(pair)), "does not belong");
+        assert!(matches!(e.problem(), KeyProblem::PublicHalfMismatch));
+    }
+
+    #[test]
+    fn malformed_public_keys_are_explained() {
+        let cases = [
+            ("nocolon", "no ':'"),
+            ("k:AAAA", "3 bytes long, expected 32"),
+            (SECRET, "looks like a secret key"),
+        ];
+        for (text, what) in cases {
+            let message = PublicKey::parse(text).unwrap_err().to_string();
+            assert!(message.contains(what), "{message:?} should say {what:?}");
+        }
+    }
+
+    #[test]
+    fn key_file_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("signing-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+
+        let missing = dir.join("missing.sec");
+        let e = SigningKey::from_file(&missing).unwrap_err();
+        assert!(matches!(e.problem(), KeyProblem::Missing));
+        assert_eq!(e.file(), Some(missing.as_path()));
+        let message = e.to_string();
+        assert!(message.contains(&*missing.to_string_lossy()), "{message}");
+        assert!(message.contains("does not exist"), "{message}");
+
+        // A directory opens but cannot be read.
+        let e = SigningKey::from_file(&dir).unwrap_err();
+        assert!(matches!(e.problem(), KeyProblem::Unreadable(_)), "{e}");
+        assert!(
+            e.to_string().starts_with("cannot read secret key file"),
+            "{e}"
+        );
+
+        let public = dir.join("public.sec");
+        std::fs::write(&public, PUBLIC).unwrap();
+        let message = SigningKey::from_file(&public).unwrap_err().to_string();
+        assert!(message.contains(&*public.to_string_lossy()), "{message}");
+        assert!(message.contains("32 bytes long, expected 64"), "{message}");
+
+        let binary = dir.join("binary.sec");
+        std::fs::write(&binary, [0xff, 0xfe, b':']).unwrap();
+        let e = SigningKey::from_file(&binary).unwrap_err();
+        assert!(matches!(e.problem(), KeyProblem::NotText), "{e}");
+
+        let huge = dir.join("huge.sec");
+        std::fs::write(&huge, "a".repeat(10_000)).unwrap();
+        let e = SigningKey::from_file(&huge).unwrap_err();
+        assert!(matches!(e.problem(), KeyProblem::TooLarge), "{e}");
+
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn debug_output_hides_the_secret() {
+        let debug = format!("{:?}", test_key());
+        let (_, data) = SECRET.trim_end().split_once(':').unwrap();
+        assert!(!debug.contains(data) && !debug.contains(&data[..43]));
+        assert!(debug.contains(PUBLIC.trim_end()), "{debug}");
+    }
+}

@@ -1,0 +1,414 @@
+//! Receiving files a client PUTs, as `nix copy --to http://…` does.
+//!
+//! Each body is streamed into a temporary file beside its final name and only renamed into place
+//! once it is complete and checked: a NAR must hash to the name it is stored under, a narinfo must
+//! parse, name its own store path and point to a NAR the cache already holds. Nothing is ever
+//! deleted, and an overwrite only replaces a file with one that passed the same checks.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::atomic::TempFile;
+use crate::cache_info::CacheInfo;
+use crate::narinfo::NarInfo;
+use crate::nix32;
+use crate::route::{FileKind, Route, route};
+
+/// Largest narinfo or nix-cache-info accepted; real ones are a few hundred bytes.
+pub const MAX_METADATA_BYTES: u64 = 1 << 20;
+
+/// What a successful upload stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    CacheInfo,
+    NarInfo { hash: String },
+    File { kind: FileKind, bytes: u64 },
+}
+
+/// Why an upload was refused; each maps to a 4xx (or 507 for a full disk) with this message.
+#[derive(Debug)]
+pub enum UploadError {
+    /// The body does not fit the cache: 400 with the reason.
+    Invalid(String),
+    /// Larger than allowed: 413.
+    TooLarge(u64),
+    /// `nix-cache-info` exists already: 409.
+    Conflict(String),
+    /// The client went away or the disk failed mid-way: nothing was kept.
+    Io(io::Error),
+}
+
+impl UploadError {
+    pub fn status(&self) -> u16 {
+        match self {
+            UploadError::Invalid(_) => 400,
+            UploadError::TooLarge(_) => 413,
+            UploadError::Conflict(_) => 409,
+            UploadError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC) => 507,
+            UploadError::Io(e) if e.raw_os_error() == Some(libc::EDQUOT) => 507,
+            UploadError::Io(_) => 500,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            UploadError::Invalid(why) => why.clone(),
+            UploadError::TooLarge(max) => format!("body larger than the limit of {max} bytes"),
+            UploadError::Conflict(why) => why.clone(),
+            UploadError::Io(e) if self.status() == 507 => {
+                format!("no space left to store the upload: {e}")
+            }
+            UploadError::Io(e) => format!("upload not stored: {e}"),
+        }
+    }
+}
+
+impl From<io::Error> for UploadError {
+    fn from(e: io::Error) -> Self {
+        UploadError::Io(e)
+    }
+}
+
+/// Where and how uploads are written.
+pub struct Target<'a> {
+    pub root: &'a Path,
+    pub store_dir: &'a str,
+    /// Largest body accepted for NARs, logs and listings.
+    pub max_body: u64,
+}
+
+impl Target<'_> {
+    /// Stores `body` (the request body, `declared` bytes if the client said) at `path`.
+    pub fn store(
+        &self,
+        path: &str,
+        declared: Option<u64>,
+        body: &mut dyn Read,
+    ) -> Result<Stored, UploadError> {
+        let route = route(path).map_err(|_| {
+            UploadError::Invalid(format!("{path} is not a path Nix stores in a cache"))
+        })?;
+        let limit = match route {
+            Route::CacheInfo | Route::NarInfo(_) => MAX_METADATA_BYTES,
+            Route::File(..) => self.max_body,
+        };
+        if declared.is_some_and(|n| n > limit) {
+            return Err(UploadError::TooLarge(limit));
+        }
+        match route {
+            Route::CacheInfo => self.store_cache_info(body),
+            Route::NarInfo(hash) => self.store_narinfo(hash, body),
+            Route::File(FileKind::Nar, rel) => self.store_nar(rel, body, limit),
+            Route::File(kind, rel) => {
+                let bytes = self.store_file(rel, body, limit, |_| Ok(()))?;
+                Ok(Stored::File { kind, bytes })
+            }
+        }
+    }
+
+    fn store_cache_info(&self, body: &mut dyn Read) -> Result<Stored, UploadError> {
+        let target = self.root.join("nix-cache-info");
+        if target.exists() {
+            return Err(UploadError::Conflict(
+                "this cache already has a nix-cache-info".into(),
+            ));
+        }
+        let text = read_text(body, MAX_METADATA_BYTES)?;
+        let info = CacheInfo::from_text(&text, None);
+        if info.store_dir != self.store_dir {
+            return Err(UploadError::Invalid(format!(
+                "StoreDir {} differs from this cache's {}",
+                info.store_dir, self.store_dir
+            )));
+        }
+        self.write_bytes(&target, text.as_bytes())?;
+        Ok(Stored::CacheInfo)
+    }
+
+    fn store_narinfo(&self, hash: &str, body: &mut dyn Read) -> Result<Stored, UploadError> {
+        let text = read_text(body, MAX_METADATA_BYTES)?;
+        let info = NarInfo::parse(&text, self.store_dir)
+            .map_err(|e| UploadError::Invalid(format!("malformed narinfo: {e}")))?;
+        if info.store_hash() != hash {
+            return Err(UploadError::Invalid(format!(
+                "StorePath {} does not match {hash}.narinfo",
+                info.store_path
+            )));
+        }
+        self.check_nar_present(&info)?;
+        self.write_bytes(&self.root.join(format!("{hash}.narinfo")), text.as_bytes())?;
+        Ok(Stored::NarInfo {
+            hash: hash.to_string(),
+        })
+    }
+
+    /// The narinfo is the commit point of an upload: its NAR must already be here, whole.
+    fn check_nar_present(&self, info: &NarInfo) -> Result<(), UploadError> {
+        let url = info.url.split('?').next().unwrap_or(info.url);
+        let rel = match route(&format!("/{url}")) {
+            Ok(Route::File(FileKind::Nar, rel)) => rel.to_string(),
+            _ => {
+                return Err(UploadError::Invalid(format!(
+                    "URL {} is not a NAR path (nar/<hash>.nar…)",
+                    info.url
+                )));
+            }
+        };
+        let missing = || {
+            UploadError::Invalid(format!(
+                "the NAR {rel} is not in the cache: upload it before the narinfo"
+            ))
+        };
+        let version = crate::files::version(&self.root.join(&rel))?.ok_or_else(missing)?;
+        if let Some(size) = info.file_size
+            && size != version.len
+        {
+            return Err(UploadError::Invalid(format!(
+                "FileSize {size} but {rel} has {} bytes",
+                version.len
+            )));
+        }
+        Ok(())
+    }
+
+    fn store_nar(&self, rel: &str, body: &mut dyn Read, limit: u64) -> Result<Stored, UploadError> {
+        // nar/<52-char nix32 sha256 of the file>.nar[.ext]
+        let name = rel.trim_start_matches("nar/");
+        let stem = name.split('.').next().unwrap_or_default();
+        if stem.len() != nix32::SHA256_LEN {
+            return Err(UploadError::Invalid(format!(
+                "{rel}: a NAR must be named by the nix32 sha256 of its bytes"
+            )));
+        }
+        let mut hasher = Sha256::new();
+        let bytes = self.store_file_hashing(rel, body, limit, &mut hasher, |digest| {
+            let actual = nix32::encode(digest);
+            if actual == stem {
+                Ok(())
+            } else {
+                Err(UploadError::Invalid(format!(
+                    "{rel}: body hashes to sha256:{actual}, not to its name"
+                )))
+            }
+        })?;
+        Ok(Stored::File {
+            kind: FileKind::Nar,
+            bytes,
+        })
+    }
+
+    fn store_file(
+        &self,
+        rel: &str,
+        body: &mut dyn Read,
+        limit: u64,
+        check: impl FnOnce(&[u8]) -> Result<(), UploadError>,
+    ) -> Result<u64, UploadError> {
+        self.store_file_hashing(rel, body, limit, &mut Sha256::new(), check)
+    }
+
+    /// Streams `body` into a temporary beside `rel`, hashing it, and commits it if `check`
+    /// accepts the digest.
+    fn store_file_hashing(
+        &self,
+        rel: &str,
+        body: &mut dyn Read,
+        limit: u64,
+        hasher: &mut Sha256,
+        check: impl FnOnce(&[u8]) -> Result<(), UploadError>,
+    ) -> Result<u64, UploadError> {
+        let target = self.root.join(rel);
+        let dir = ensure_dir(&target)?;
+        let mut temp = TempFile::create_in(&dir)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(UploadError::Io(e)),
+            };
+            total += n as u64;
+            if total > limit {
+                return Err(UploadError::TooLarge(limit));
+            }
+            hasher.update(&buf[..n]);
+            temp.file().write_all(&buf[..n])?;
+        }
+        check(&hasher.finalize_reset())?;
+        temp.commit(&target)?;
+        Ok(total)
+    }
+
+    fn write_bytes(&self, target: &Path, bytes: &[u8]) -> Result<(), UploadError> {
+        let dir = ensure_dir(target)?;
+        let mut temp = TempFile::create_in(&dir)?;
+        temp.file().write_all(bytes)?;
+        temp.commit(target)?;
+        Ok(())
+    }
+}
+
+/// Creates the directory of `target` (e.g. `nar/` in a new cache) and returns it.
+fn ensure_dir(target: &Path) -> io::Result<PathBuf> {
+    let dir = target.parent().map(Path::to_path_buf).unwrap_or_default();
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Reads a small UTF-8 body, refusing more than `limit` bytes.
+fn read_text(body: &mut dyn Read, limit: u64) -> Result<String, UploadError> {
+    let mut bytes = Vec::new();
+    body.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(UploadError::TooLarge(limit));
+    }
+    String::from_utf8(bytes).map_err(|_| UploadError::Invalid("body is not UTF-8 text".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("nbc-upload-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn target(root: &Path) -> Target<'_> {
+        Target {
+            root,
+            store_dir: "/nix/store",
+            max_body: 1 << 20,
+        }
+    }
+
+    fn nar_name(bytes: &[u8]) -> String {
+        format!("nar/{}.nar.xz", nix32::encode(&Sha256::digest(bytes)))
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn nar_then_narinfo() {
+        let root = scratch("ok");
+        let t = target(&root);
+        let nar = b"some nar bytes".to_vec();
+        let name = nar_name(&nar);
+        let stored = t
+            .store(&format!("/{name}"), Some(nar.len() as u64), &mut &nar[..])
+            .unwrap();
+        assert_eq!(
+            stored,
+            Stored::File {
+                kind: FileKind::Nar,
+                bytes: nar.len() as u64
+            }
+        );
+        assert_eq!(std::fs::read(root.join(&name)).unwrap(), nar);
+
+        let hash = "4q1c78ism9fv0myqldmih68c6yjmpi2d";
+        let info = format!(
+            "StorePath: /nix/store/{hash}-x\nURL: {name}\nCompression: xz\nFileSize: {}\n\
+             NarHash: sha256:1h9kn9hj1j745kchafr3vi3hdp04zfhfgbc5dcvhkx5hfh2njr54\nNarSize: 5\nReferences: \n",
+            nar.len()
+        );
+        let stored = t
+            .store(&format!("/{hash}.narinfo"), None, &mut info.as_bytes())
+            .unwrap();
+        assert_eq!(stored, Stored::NarInfo { hash: hash.into() });
+        assert_eq!(
+            files_in(&root),
+            vec![format!("{hash}.narinfo"), "nar".into()]
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn refusals_leave_nothing_behind() {
+        let root = scratch("refuse");
+        let t = target(&root);
+        let nar = b"real bytes".to_vec();
+        let wrong = nar_name(b"other bytes");
+        let e = t
+            .store(&format!("/{wrong}"), None, &mut &nar[..])
+            .unwrap_err();
+        assert_eq!(e.status(), 400, "{}", e.message());
+        assert!(e.message().contains("hashes to"));
+
+        let big = vec![0u8; 2 << 20];
+        let e = t
+            .store(&format!("/{}", nar_name(&big)), None, &mut &big[..])
+            .unwrap_err();
+        assert_eq!(e.status(), 413);
+        let e = t
+            .store(
+                &format!("/{}", nar_name(&big)),
+                Some(big.len() as u64),
+                &mut &big[..],
+            )
+            .unwrap_err();
+        assert_eq!(e.status(), 413);
+
+        let hash = "4q1c78ism9fv0myqldmih68c6yjmpi2d";
+        let orphan = format!(
+            "StorePath: /nix/store/{hash}-x\nURL: nar/{}.nar\nNarHash: sha256:1h9kn9hj1j745kchafr3vi3hdp04zfhfgbc5dcvhkx5hfh2njr54\nNarSize: 5\n",
+            "0".repeat(52)
+        );
+        let e = t
+            .store(&format!("/{hash}.narinfo"), None, &mut orphan.as_bytes())
+            .unwrap_err();
+        assert!(e.message().contains("not in the cache"), "{}", e.message());
+        let other = "0000000000000000000000000000000a";
+        let e = t
+            .store(&format!("/{other}.narinfo"), None, &mut orphan.as_bytes())
+            .unwrap_err();
+        assert!(e.message().contains("does not match"), "{}", e.message());
+        let e = t
+            .store(&format!("/{hash}.narinfo"), None, &mut &b"junk"[..])
+            .unwrap_err();
+        assert!(e.message().contains("malformed"), "{}", e.message());
+        let e = t.store("/../etc/passwd", None, &mut &b"x"[..]).unwrap_err();
+        assert_eq!(e.status(), 400);
+        let e = t.store("/nar/0123.nar", None, &mut &b"x"[..]).unwrap_err();
+        assert!(e.message().contains("nix32 sha256"), "{}", e.message());
+
+        // Only the (empty) nar/ directory may exist: no file, no temporary.
+        for entry in std::fs::read_dir(&root).unwrap() {
+            let entry = entry.unwrap();
+            assert_eq!(entry.file_name(), "nar");
+            assert!(files_in(&entry.path()).is_empty());
+        }
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn nix_cache_info_only_once() {
+        let root = scratch("info");
+        let t = target(&root);
+        t.store("/nix-cache-info", None, &mut &b"StoreDir: /nix/store\n"[..])
+            .unwrap();
+        let e = t
+            .store("/nix-cache-info", None, &mut &b"StoreDir: /nix/store\n"[..])
+            .unwrap_err();
+        assert_eq!(e.status(), 409);
+        std::fs::remove_file(root.join("nix-cache-info")).unwrap();
+        let e = t
+            .store("/nix-cache-info", None, &mut &b"StoreDir: /gnu/store\n"[..])
+            .unwrap_err();
+        assert_eq!(e.status(), 400);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}
