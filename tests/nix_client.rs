@@ -358,3 +358,211 @@ fn cache_mounted_under_a_prefix_in_another_application() {
     let listing = nix.ok(&["store", "ls", "--store", &url, "-R", &m["TOP"]]);
     assert!(listing.contains(&m["TOP_SPACED_FILE"]));
 }
+
+/// A cache directory served with uploads on, signing with the test key.
+struct Writable {
+    dir: TempDir,
+    server: Server,
+    netrc: PathBuf,
+}
+
+fn writable_cache(nix: &Nix, token_in_netrc: &str) -> Writable {
+    let dir = TempDir::new("writable");
+    let secrets = nix.home.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("tokens"), "push-token\n").unwrap();
+    let netrc = secrets.join("netrc");
+    std::fs::write(
+        &netrc,
+        format!("machine 127.0.0.1 login nix password {token_in_netrc}\n"),
+    )
+    .unwrap();
+    let key = fixtures().join("keys/test-key.sec");
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--upload-token-file",
+            secrets.join("tokens").to_str().unwrap(),
+            "--sign-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    Writable { dir, server, netrc }
+}
+
+/// Puts the fixture closure into the local store (as a CI machine that built it would have it).
+fn import_fixture_closure(nix: &Nix) {
+    let fixture = format!("file://{}", fixtures().join("cache-xz").display());
+    nix.ok(&[
+        "copy",
+        "--no-check-sigs",
+        "--from",
+        &fixture,
+        &manifest()["TOP"],
+    ]);
+}
+
+#[test]
+fn push_with_nix_copy_to_http_then_pull_with_our_signatures() {
+    let nix = Nix::new();
+    let m = manifest();
+    import_fixture_closure(&nix);
+    let cache = writable_cache(&nix, "push-token");
+    let url = cache.server.url();
+    let netrc = cache.netrc.to_str().unwrap();
+    nix.ok(&[
+        "copy",
+        "--option",
+        "netrc-file",
+        netrc_opt,
+        "--to",
+        &url,
+        &m["TOP"],
+    ]);
+    for path in closure() {
+        let hash = &path["/nix/store/".len()..][..32];
+        assert!(
+            cache.dir.path().join(format!("{hash}.narinfo")).exists(),
+            "{path} pushed"
+        );
+    }
+    let log = cache.server.log();
+    assert!(
+        log.contains("PUT /nar/") && log.contains(".narinfo 200"),
+        "{log}"
+    );
+
+    // Pulled back into a fresh store, trusting only our key: the signatures are ours.
+    let store = nix.store("pulled");
+    nix.ok(&[
+        "copy",
+        "--option",
+        "require-sigs",
+        "true",
+        "--option",
+        "trusted-public-keys",
+        &m["PUBLIC_KEY"],
+        "--from",
+        &url,
+        "--to",
+        store.to_str().unwrap(),
+        &m["TOP"],
+    ]);
+    nix.ok(&[
+        "store",
+        "verify",
+        "--store",
+        &url,
+        "--option",
+        "trusted-public-keys",
+        &m["PUBLIC_KEY"],
+        "--sigs-needed",
+        "1",
+        "-r",
+        &m["TOP"],
+    ]);
+    let other = "other-cache-1:djNPOTsoQVImLUkw3nZz543GoqomIBYynwySLJ6/yNo=";
+    let out = nix.run(&[
+        "store",
+        "verify",
+        "--store",
+        &url,
+        "--option",
+        "trusted-public-keys",
+        other,
+        "--sigs-needed",
+        "1",
+        "-r",
+        &m["TOP"],
+    ]);
+    assert!(
+        !out.status.success(),
+        "verification with another key must fail"
+    );
+}
+
+#[test]
+fn push_with_a_wrong_token_fails_and_changes_nothing() {
+    let nix = Nix::new();
+    import_fixture_closure(&nix);
+    let cache = writable_cache(&nix, "wrong-token");
+    let before: Vec<_> = std::fs::read_dir(cache.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let out = nix.run(&[
+        "copy",
+        "--option",
+        "netrc-file",
+        cache.netrc.to_str().unwrap(),
+        "--to",
+        &cache.server.url(),
+        &manifest()["TOP"],
+    ]);
+    assert!(!out.status.success(), "push with a wrong token must fail");
+    let after: Vec<_> = std::fs::read_dir(cache.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after);
+    assert!(
+        cache.server.log().contains(" 401 "),
+        "{}",
+        cache.server.log()
+    );
+}
+
+#[test]
+fn two_concurrent_pushes_of_the_same_closure_both_succeed() {
+    let nix = Nix::new();
+    let m = manifest();
+    import_fixture_closure(&nix);
+    let cache = writable_cache(&nix, "push-token");
+    let url = cache.server.url();
+    let pushes: Vec<_> = (0..2)
+        .map(|i| {
+            // Separate client caches, so neither skips paths because of the other's answers.
+            let mut cmd = nix.command(&[
+                "copy",
+                "--option",
+                "netrc-file",
+                cache.netrc.to_str().unwrap(),
+                "--to",
+                &url,
+                &m["TOP"],
+            ]);
+            cmd.env("XDG_CACHE_HOME", nix.home.path().join(format!("cache-{i}")));
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in pushes {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    nix.ok(&[
+        "store",
+        "verify",
+        "--store",
+        &url,
+        "--option",
+        "trusted-public-keys",
+        &m["PUBLIC_KEY"],
+        "--sigs-needed",
+        "1",
+        "-r",
+        &m["TOP"],
+    ]);
+    let leftovers: Vec<_> = std::fs::read_dir(cache.dir.path().join("nar"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

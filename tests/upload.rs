@@ -1,0 +1,334 @@
+//! Uploads and signing at the HTTP level: authentication, validation, limits, crashes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const TOKEN: &str = "test-token-1";
+
+/// A copy of `fixture` served with uploads on (token file beside it), plus extra flags.
+fn upload_server(fixture: &str, extra: &[&str]) -> (TempDir, TempDir, Server) {
+    let dir = copy_fixture(fixture);
+    let secrets = TempDir::new("secrets");
+    let tokens = secrets.path().join("tokens");
+    std::fs::write(&tokens, format!("# CI\n{TOKEN}\n")).unwrap();
+    let mut args = vec!["--upload-token-file", tokens.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let server = Server::start(dir.path(), &args);
+    (dir, secrets, server)
+}
+
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+/// PUT with a body on a fresh connection.
+fn put(port: u16, path: &str, body: &[u8], auth: Option<&str>) -> Reply {
+    let mut raw = format!(
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(a) = auth {
+        raw.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    raw.push_str("\r\n");
+    let mut bytes = raw.into_bytes();
+    bytes.extend_from_slice(body);
+    parse_replies(&raw_exchange(port, &bytes), false).remove(0)
+}
+
+/// Every file below `dir`, relative, sorted: to prove a refused upload changed nothing.
+fn listing(dir: &Path) -> Vec<(String, u64)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, u64)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                walk(base, &p, out);
+            } else {
+                let len = e.metadata().unwrap().len();
+                out.push((p.strip_prefix(base).unwrap().display().to_string(), len));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn nix32_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    nix_binary_cache::nix32::encode(&sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn uploads_are_off_by_default() {
+    let server = Server::start(&fixtures().join("cache-xz"), &[]);
+    let r = put(server.port, "/nar/x.nar", b"abc", Some(&bearer()));
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("Allow"), Some("GET, HEAD"));
+}
+
+#[test]
+fn credentials_are_required_and_checked() {
+    let (dir, _s, server) = upload_server("cache-xz", &[]);
+    let before = listing(dir.path());
+    let nar = b"nar bytes".to_vec();
+    let path = format!("/nar/{}.nar", nix32_sha256(&nar));
+    for auth in [None, Some("Bearer wrong"), Some("Basic bml4Ondyb25n")] {
+        let r = put(server.port, &path, &nar, auth);
+        assert_eq!(r.status, 401, "{auth:?}");
+        assert_eq!(
+            r.header("WWW-Authenticate"),
+            Some("Basic realm=\"nix-binary-cache\"")
+        );
+    }
+    assert_eq!(listing(dir.path()), before, "refused uploads wrote nothing");
+    // nix:test-token-1 in Basic, as Nix sends it from a netrc file.
+    let r = put(
+        server.port,
+        &path,
+        &nar,
+        Some("Basic bml4OnRlc3QtdG9rZW4tMQ=="),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(server.get(&path).body, nar);
+    let r = request(server.port, "OPTIONS", "/", &[]);
+    assert_eq!(r.header("Allow"), Some("GET, HEAD, PUT"));
+}
+
+#[test]
+fn nar_must_hash_to_its_name() {
+    let (dir, _s, server) = upload_server("cache-xz", &[]);
+    let before = listing(dir.path());
+    let path = format!("/nar/{}.nar.xz", nix32_sha256(b"the real bytes"));
+    let r = put(server.port, &path, b"other bytes", Some(&bearer()));
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("hashes to"), "{}", r.text());
+    assert_eq!(listing(dir.path()), before);
+    assert_eq!(server.get(&path).status, 404);
+}
+
+#[test]
+fn narinfo_is_checked_and_served_at_once() {
+    let (dir, _s, server) = upload_server("cache-xz", &["--rescan-interval", "3600"]);
+    let m = manifest();
+    let hash = &m["TOP"]["/nix/store/".len()..][..32];
+    let original = std::fs::read_to_string(dir.path().join(format!("{hash}.narinfo"))).unwrap();
+    std::fs::remove_file(dir.path().join(format!("{hash}.narinfo"))).unwrap();
+    let path = format!("/{hash}.narinfo");
+    assert_eq!(server.get(&path).status, 404);
+
+    // Refused: malformed, wrong store path, NAR missing, FileSize wrong.
+    let other = format!("/{}.narinfo", "1".repeat(32));
+    let url = original
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap();
+    let no_nar = original.replace(url, &format!("nar/{}.nar.xz", "0".repeat(52)));
+    let size_line = original
+        .lines()
+        .find(|l| l.starts_with("FileSize: "))
+        .unwrap();
+    let bad_size = original.replace(size_line, "FileSize: 1");
+    for (target, body, says) in [
+        (&path, "junk".to_string(), "malformed"),
+        (&other, original.clone(), "does not match"),
+        (&path, no_nar, "not in the cache"),
+        (&path, bad_size, "FileSize 1"),
+    ] {
+        let r = put(server.port, target, body.as_bytes(), Some(&bearer()));
+        assert_eq!(r.status, 400, "{says}");
+        assert!(r.text().contains(says), "{}", r.text());
+    }
+    assert_eq!(server.get(&path).status, 404);
+
+    let r = put(server.port, &path, original.as_bytes(), Some(&bearer()));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        server.get(&path).text(),
+        original,
+        "served on the next request"
+    );
+    // Overwrite (as `nix store sign` does) with a valid narinfo.
+    let resigned = format!("{original}Sig: someone-1:c2lnbmF0dXJl\n");
+    assert_eq!(
+        put(server.port, &path, resigned.as_bytes(), Some(&bearer())).status,
+        200
+    );
+    assert_eq!(server.get(&path).text(), resigned);
+}
+
+#[test]
+fn limits_size_and_concurrency() {
+    let (dir, _s, server) = upload_server(
+        "cache-xz",
+        &["--max-upload-size", "64K", "--max-uploads", "1"],
+    );
+    let big = vec![7u8; 128 << 10];
+    let path = format!("/nar/{}.nar", nix32_sha256(&big));
+    let r = put(server.port, &path, &big, Some(&bearer()));
+    assert_eq!(r.status, 413);
+
+    // Hold the only upload slot with a body that has not finished arriving. (tiny_http reads
+    // bodies of 1 KiB or less before handing the request over, so this one is larger.)
+    let small = vec![1u8; 32 << 10];
+    let slow_path = format!("/nar/{}.nar", nix32_sha256(&small));
+    let mut slow = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(slow, "PUT {slow_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n", bearer(), small.len()).unwrap();
+    slow.write_all(&small[..100]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = put(server.port, &slow_path, &small, Some(&bearer()));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("Retry-After"), Some("1"));
+    // Downloads are not held up meanwhile.
+    assert_eq!(server.get("/nix-cache-info").status, 200);
+    slow.write_all(&small[100..]).unwrap();
+    let mut answer = String::new();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        std::fs::read(dir.path().join(&slow_path[1..])).unwrap(),
+        small
+    );
+}
+
+#[test]
+fn client_gone_mid_upload_leaves_nothing_visible() {
+    let (dir, _s, server) = upload_server("cache-xz", &[]);
+    let before = listing(dir.path());
+    let body = vec![3u8; 1 << 20];
+    let path = format!("/nar/{}.nar", nix32_sha256(&body));
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        write!(
+            s,
+            "PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
+            bearer(),
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body[..300_000]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    } // Dropped: the connection closes half-way.
+    assert!(
+        server.wait_for_log("upload of", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        listing(dir.path()),
+        before,
+        "no partial file and no temporary left"
+    );
+    assert_eq!(server.get(&path).status, 404);
+}
+
+#[test]
+fn killed_mid_upload_then_restarted_cleans_temporaries() {
+    let (dir, secrets, mut server) = upload_server("cache-xz", &[]);
+    let before = listing(dir.path());
+    let body = vec![5u8; 1 << 20];
+    let path = format!("/nar/{}.nar", nix32_sha256(&body));
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        s,
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
+        bearer(),
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body[..500_000]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server.child.kill().unwrap(); // SIGKILL: no cleanup of its own.
+    server.child.wait().unwrap();
+    let during = listing(dir.path());
+    assert!(
+        during.iter().any(|(n, _)| n.contains(".nbc-upload.")),
+        "a temporary was being written: {during:?}"
+    );
+    assert!(
+        !during.iter().any(|(n, _)| n == &path[1..]),
+        "never under its final name"
+    );
+
+    let tokens = secrets.path().join("tokens");
+    let restarted = Server::start(
+        dir.path(),
+        &["--upload-token-file", tokens.to_str().unwrap()],
+    );
+    assert!(
+        restarted.log().contains("removed stale upload temporary"),
+        "{}",
+        restarted.log()
+    );
+    assert_eq!(listing(dir.path()), before);
+}
+
+#[test]
+fn signing_adds_one_signature_per_key() {
+    let m = manifest();
+    let key = fixtures().join("keys/test-key.sec");
+    let hash = &m["TOP"]["/nix/store/".len()..][..32];
+    // Unsigned cache: our signature is added, identical to the one Nix made.
+    let server = Server::start(
+        &fixtures().join("cache-xz"),
+        &["--sign-key", key.to_str().unwrap()],
+    );
+    assert!(
+        server
+            .log()
+            .contains(&format!("trusted-public-keys = {}", m["PUBLIC_KEY"])),
+        "{}",
+        server.log()
+    );
+    let signed =
+        std::fs::read_to_string(fixtures().join(format!("cache-signed/{hash}.narinfo"))).unwrap();
+    assert_eq!(server.get(&format!("/{hash}.narinfo")).text(), signed);
+    // Already signed by that key: unchanged, no duplicate.
+    let server = Server::start(
+        &fixtures().join("cache-signed"),
+        &["--sign-key", key.to_str().unwrap()],
+    );
+    let text = server.get(&format!("/{hash}.narinfo")).text();
+    assert_eq!(text.matches("Sig: test-cache-1:").count(), 1);
+}
+
+#[test]
+fn bad_keys_and_token_files_stop_the_start() {
+    let root = fixtures().join("cache-xz");
+    let secrets = TempDir::new("bad");
+    let public = fixtures().join("keys/test-key.pub");
+    let empty = secrets.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    for (args, says) in [
+        (vec!["--sign-key", "/nonexistent/key"], "does not exist"),
+        (vec!["--sign-key", public.to_str().unwrap()], "secret key"),
+        (
+            vec!["--upload-token-file", "/nonexistent/tokens"],
+            "upload token file",
+        ),
+        (
+            vec!["--upload-token-file", empty.to_str().unwrap()],
+            "holds no token",
+        ),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .arg(&root)
+            .args(["-p", "0", "--bind", "127.0.0.1"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
