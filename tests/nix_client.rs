@@ -414,7 +414,7 @@ fn push_with_nix_copy_to_http_then_pull_with_our_signatures() {
         "copy",
         "--option",
         "netrc-file",
-        netrc_opt,
+        netrc,
         "--to",
         &url,
         &m["TOP"],
