@@ -17,6 +17,8 @@ use crate::auth::Tokens;
 use crate::cache_info::CacheInfo;
 use crate::files;
 use crate::index::{Index, Lookup, ScanStats, fnv1a};
+use crate::landing;
+use crate::metrics::{Gauges, Kind, Metrics};
 use crate::range::{self, RangeAnswer};
 use crate::response::{Body, Response};
 use crate::route::{FileKind, Route, RouteError, route};
@@ -89,6 +91,9 @@ struct Shared {
     index: Index,
     uploads: Option<UploadConfig>,
     active_uploads: AtomicUsize,
+    /// `trusted-public-keys` entries of the signing keys, for the landing page.
+    public_keys: Vec<String>,
+    metrics: Metrics,
 }
 
 /// How long clients and proxies may keep each kind of answer.
@@ -134,6 +139,12 @@ impl Cache {
             index,
             uploads: config.uploads.clone(),
             active_uploads: AtomicUsize::new(0),
+            public_keys: config
+                .sign_keys
+                .iter()
+                .map(SigningKey::public_key)
+                .collect(),
+            metrics: Metrics::default(),
         });
         let stats = shared.index.rescan()?;
         log::info!(
@@ -182,6 +193,9 @@ impl Cache {
             return self.method_not_allowed();
         }
         let path = path.split_once('?').map_or(path, |(p, _query)| p);
+        if path == "/" {
+            return self.landing(headers);
+        }
         let result = match route(path) {
             Ok(Route::CacheInfo) => Ok(self.cache_info()),
             Ok(Route::NarInfo(hash)) => self.narinfo(hash),
@@ -211,16 +225,75 @@ impl Cache {
     /// Answers `request` and writes the response; `path` is the part after the mount prefix.
     /// `close` asks the client to close the connection (used while shutting down).
     pub fn serve(&self, mut request: Request, path: &str, close: bool) {
-        let start = Instant::now();
+        let start = self.request_started();
         if request.method() == &Method::Put {
             let response = self.upload(&mut request, path);
+            if response.status >= 400 {
+                self.shared.metrics.upload_refused(response.status);
+            }
             // A refused body may be unread: closing is cheaper than draining it.
             let close = close || response.status >= 400;
-            send::send_logged(request, response, close, start);
+            self.respond(request, response, close, start, Kind::of(path));
             return;
         }
         let response = self.answer(request.method(), path, request.headers());
-        send::send_logged(request, response, close, start);
+        self.respond(request, response, close, start, Kind::of(path));
+    }
+
+    /// Marks a request as begun, for the in-flight gauge; pair it with [`Cache::respond`].
+    pub fn request_started(&self) -> Instant {
+        self.shared.metrics.request_started();
+        Instant::now()
+    }
+
+    /// Writes `response`, logs the access line and counts it in the metrics.
+    pub fn respond(
+        &self,
+        request: Request,
+        response: Response,
+        close: bool,
+        start: Instant,
+        kind: Kind,
+    ) {
+        let status = response.status;
+        let sent = send::send_logged(request, response, close, start);
+        let bytes = sent.map_or(0, |s| s.body_bytes);
+        self.shared.metrics.request_finished(kind, status, bytes);
+    }
+
+    /// `GET /metrics`: Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let scan = self.last_scan();
+        self.shared.metrics.render(Gauges {
+            index_entries: self.len(),
+            nar_bytes: self.total_nar_bytes(),
+            last_scan_seconds: scan.duration.as_secs_f64(),
+            last_scan_unix: scan.finished_unix,
+        })
+    }
+
+    fn landing(&self, headers: &[Header]) -> Response {
+        let host = headers
+            .iter()
+            .find(|h| h.field.equiv("Host"))
+            .map(|h| h.value.as_str());
+        let info = self
+            .shared
+            .info
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let page = landing::render(&landing::Facts {
+            host,
+            cache_info: &info.text,
+            paths: self.len(),
+            nar_bytes: self.total_nar_bytes(),
+            public_keys: &self.shared.public_keys,
+            uploads: self.accepts_uploads(),
+        });
+        Response::new(200, Body::bytes(page.into_bytes()))
+            .header("Content-Type", "text/html; charset=utf-8")
+            .header("Cache-Control", max_age::SHORT)
     }
 
     /// True if PUT uploads are enabled.
@@ -287,6 +360,11 @@ impl Cache {
         let declared = request.body_length().map(|n| n as u64);
         match target.store(path, declared, request.as_reader()) {
             Ok(stored) => {
+                let bytes = match stored {
+                    Stored::File { bytes, .. } => bytes,
+                    _ => declared.unwrap_or(0),
+                };
+                self.shared.metrics.upload_stored(bytes);
                 self.after_upload(&stored);
                 log::info!("stored {path}");
                 Response::text(200, "stored").header("Cache-Control", max_age::NONE)

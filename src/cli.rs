@@ -24,12 +24,36 @@ pub struct Options {
     pub upload_token_file: Option<PathBuf>,
     pub max_upload_size: Option<u64>,
     pub max_uploads: Option<usize>,
+    /// Where `/metrics` and `/health` are answered.
+    pub ops: OpsEndpoints,
+    pub access_log: bool,
+}
+
+/// Where the operator endpoints live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpsEndpoints {
+    /// On the main port, next to the cache.
+    Main,
+    /// On their own address only (e.g. `127.0.0.1:9090`).
+    Separate(std::net::SocketAddr),
+    Off,
+}
+
+impl std::str::FromStr for OpsEndpoints {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "main" | "on" => Ok(OpsEndpoints::Main),
+            "off" => Ok(OpsEndpoints::Off),
+            addr => addr.parse().map(OpsEndpoints::Separate).map_err(|_| ()),
+        }
+    }
 }
 
 /// What the command line asked for.
 #[derive(Debug, PartialEq)]
 pub enum Command {
-    Serve(Options),
+    Serve(Box<Options>),
     Help,
     Version,
 }
@@ -65,6 +89,9 @@ OPTIONS:
                                 [default: 16G]                 (NIX_BINARY_CACHE_MAX_UPLOAD_SIZE)
         --max-uploads N         uploads at once; more get 503 and Nix retries [default: 8]
                                                                       (NIX_BINARY_CACHE_MAX_UPLOADS)
+        --metrics WHERE         /metrics and /health: `main` (on PORT), `off`, or ADDR:PORT to
+                                serve them only there [default: main]   (NIX_BINARY_CACHE_METRICS)
+        --access-log on|off     one log line per request [default: on] (NIX_BINARY_CACHE_ACCESS_LOG)
     -h, --help                  print this help
     -V, --version               print the version
 
@@ -114,6 +141,16 @@ pub fn parse(
         None => None,
     };
     let mut max_uploads = env_value(&env, "NIX_BINARY_CACHE_MAX_UPLOADS", "upload count")?;
+    let mut ops = env_value(
+        &env,
+        "NIX_BINARY_CACHE_METRICS",
+        "metrics setting (main, off or ADDR:PORT)",
+    )?;
+    let mut access_log: Option<Switch> = env_value(
+        &env,
+        "NIX_BINARY_CACHE_ACCESS_LOG",
+        "access log setting (on or off)",
+    )?;
 
     let mut parser = lexopt::Parser::from_args(args);
     let err = |e: lexopt::Error| UsageError(e.to_string());
@@ -134,6 +171,15 @@ pub fn parse(
                 max_upload_size = Some(parse_size(&text).map_err(UsageError)?);
             }
             Long("max-uploads") => max_uploads = Some(value(&mut parser, "upload count")?),
+            Long("metrics") => {
+                ops = Some(value(
+                    &mut parser,
+                    "metrics setting (main, off or ADDR:PORT)",
+                )?)
+            }
+            Long("access-log") => {
+                access_log = Some(value(&mut parser, "access log setting (on or off)")?)
+            }
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             Value(v) if root.is_none() => root = Some(PathBuf::from(v)),
@@ -159,7 +205,7 @@ pub fn parse(
     if !cli_sign_keys.is_empty() {
         sign_keys = cli_sign_keys;
     }
-    Ok(Command::Serve(Options {
+    Ok(Command::Serve(Box::new(Options {
         root,
         port: port.unwrap_or(8080),
         bind: bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
@@ -171,7 +217,23 @@ pub fn parse(
         upload_token_file,
         max_upload_size,
         max_uploads,
-    }))
+        ops: ops.unwrap_or(OpsEndpoints::Main),
+        access_log: access_log.is_none_or(|s| s.0),
+    })))
+}
+
+/// `on` / `off` (also `true`/`false`, `1`/`0`).
+struct Switch(bool);
+
+impl std::str::FromStr for Switch {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "on" | "true" | "1" | "yes" => Ok(Switch(true)),
+            "off" | "false" | "0" | "no" => Ok(Switch(false)),
+            _ => Err(()),
+        }
+    }
 }
 
 /// A byte count with an optional binary suffix: `1048576`, `512K`, `512M`, `16G`, `1T`.
@@ -240,6 +302,8 @@ mod tests {
         assert_eq!(o.rescan_interval, Duration::from_secs(60));
         assert_eq!(o.log_level, log::LevelFilter::Info);
         assert_eq!(o.threads, None);
+        assert_eq!(o.ops, OpsEndpoints::Main);
+        assert!(o.access_log);
     }
 
     #[test]
@@ -302,6 +366,17 @@ mod tests {
         };
         assert_eq!(o.sign_keys, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
         assert_eq!(parse_size("16G"), Ok(16 << 30));
+        let cmd = run(&["--metrics", "127.0.0.1:9090", "--access-log", "off", "/c"]).unwrap();
+        let Command::Serve(o) = cmd else { panic!() };
+        assert_eq!(
+            o.ops,
+            OpsEndpoints::Separate("127.0.0.1:9090".parse().unwrap())
+        );
+        assert!(!o.access_log);
+        let Command::Serve(o) = run(&["--metrics", "off", "/c"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(o.ops, OpsEndpoints::Off);
         assert_eq!(parse_size("100"), Ok(100));
         assert!(
             parse_size("12X").is_err()
@@ -322,6 +397,14 @@ mod tests {
             (&["--log-level", "loud", "/c"][..], "invalid log level"),
             (&["--max-upload-size", "lots", "/c"][..], "invalid size"),
             (&["--max-uploads", "0", "/c"][..], "at least 1"),
+            (
+                &["--metrics", "sometimes", "/c"][..],
+                "invalid metrics setting",
+            ),
+            (
+                &["--access-log", "maybe", "/c"][..],
+                "invalid access log setting",
+            ),
         ] {
             let e = run(args).unwrap_err();
             assert!(e.0.contains(says), "{args:?}: {e}");

@@ -67,6 +67,8 @@ pub struct ScanStats {
     pub skipped: usize,
     pub reused: usize,
     pub duration: Duration,
+    /// When the scan finished, in seconds since the Unix epoch.
+    pub finished_unix: u64,
 }
 
 /// The narinfo index of one cache directory.
@@ -242,6 +244,9 @@ impl Index {
         let old = std::mem::replace(&mut *self.write_map(), map);
         drop(old); // Freed outside the lock.
         stats.duration = start.elapsed();
+        stats.finished_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         *self.last_scan.lock().unwrap_or_else(|e| e.into_inner()) = stats;
         Ok(stats)
     }

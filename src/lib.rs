@@ -27,6 +27,8 @@ mod cache;
 mod cache_info;
 mod files;
 mod index;
+mod landing;
+pub mod metrics;
 mod mount;
 pub mod narinfo;
 pub mod nix32;

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             println!("nix-binary-cache {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Ok(cli::Command::Serve(options)) => match serve(options) {
+        Ok(cli::Command::Serve(options)) => match serve(*options) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => fail(&message),
         },
@@ -35,7 +35,7 @@ fn fail(message: &str) -> ExitCode {
 }
 
 fn serve(options: cli::Options) -> Result<(), String> {
-    init_logging(options.log_level);
+    init_logging(options.log_level, options.access_log);
     // Block SIGINT/SIGTERM before any thread starts, so every thread inherits the mask and
     // only `wait_for_stop_signal` below receives them.
     let signals = block_stop_signals();
@@ -61,6 +61,13 @@ fn serve(options: cli::Options) -> Result<(), String> {
         pool.threads = n;
     }
     let threads = pool.threads;
+    pool.ops_endpoints = options.ops == cli::OpsEndpoints::Main;
+    if let cli::OpsEndpoints::Separate(addr) = options.ops {
+        let listener =
+            server::bind(addr).map_err(|e| format!("cannot listen for /metrics on {addr}: {e}"))?;
+        server::start_ops_listener(listener, cache.clone()).map_err(|e| e.to_string())?;
+        log::info!("/metrics and /health on http://{addr}");
+    }
     let running =
         server::start(listener, Mount::new("/", cache), pool).map_err(|e| e.to_string())?;
     log::info!(
@@ -112,13 +119,21 @@ fn upload_config(options: &cli::Options) -> Result<Option<UploadConfig>, String>
     Ok(Some(config))
 }
 
-fn init_logging(level: log::LevelFilter) {
+fn init_logging(level: log::LevelFilter, access_log: bool) {
+    let mut logger = simple_logger::SimpleLogger::new().with_level(level);
+    if !access_log {
+        logger = logger.with_module_level("access", log::LevelFilter::Off);
+    }
+    // Under systemd, journald stamps every line itself.
+    logger = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        logger.without_timestamps()
+    } else {
+        logger.with_utc_timestamps()
+    };
     // Only fails if a logger is already set, which cannot happen in main.
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(level)
+    let _ = logger
         // tiny_http logs accept errors itself; our workers log them too, with context.
         .with_module_level("tiny_http", log::LevelFilter::Off)
-        .with_utc_timestamps()
         .init();
 }
 

@@ -81,7 +81,9 @@ impl Response {
         Response::new(status, Body::bytes(body)).header("Content-Type", "text/plain; charset=utf-8")
     }
 
+    /// Sets a header, replacing an earlier value of the same name.
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         self.headers.push((name, value.into()));
         self
     }

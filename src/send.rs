@@ -27,22 +27,34 @@ pub struct Sent {
 
 /// Sends `response` and writes the access line: client, method, path, status, body bytes,
 /// duration since `start`, and whether the body went out with `sendfile`.
-pub fn send_logged(request: Request, response: Response, close: bool, start: Instant) {
+pub fn send_logged(
+    request: Request,
+    response: Response,
+    close: bool,
+    start: Instant,
+) -> Option<Sent> {
     let method = request.method().clone();
     let url = request.url().to_string();
     let client = request
         .remote_addr()
         .map_or_else(|| "-".to_string(), |p| p.ip().to_string());
+    let status = response.status;
     match send(request, response, close) {
-        Ok(sent) => log::info!(
-            target: "access",
-            "{client} {method} {url} {} {} {:.1}ms{}",
-            sent.status,
-            sent.body_bytes,
-            start.elapsed().as_secs_f64() * 1000.0,
-            if sent.zero_copy { " sendfile" } else { "" },
-        ),
-        Err(e) => log::info!(target: "access", "{client} {method} {url} aborted: {e}"),
+        Ok(sent) => {
+            log::info!(
+                target: "access",
+                "{client} {method} {url} {} {} {:.1}ms{}",
+                sent.status,
+                sent.body_bytes,
+                start.elapsed().as_secs_f64() * 1000.0,
+                if sent.zero_copy { " sendfile" } else { "" },
+            );
+            Some(sent)
+        }
+        Err(e) => {
+            log::info!(target: "access", "{client} {method} {url} {status} aborted: {e}");
+            None
+        }
     }
 }
 

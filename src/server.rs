@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use tiny_http::Request;
 
+use crate::cache::Cache;
+use crate::metrics::Kind;
 use crate::mount::Mount;
-use crate::response::Body;
+use crate::response::{Body, Response};
 
 /// Bodies at least this large go out on a transfer thread.
 const HANDOFF_BYTES: u64 = 256 * 1024;
@@ -29,6 +31,8 @@ pub struct PoolConfig {
     pub max_transfers: usize,
     /// How long a stop waits for in-flight responses.
     pub grace: Duration,
+    /// Answer `/metrics` and `/health` on this listener (before the mount's routes).
+    pub ops_endpoints: bool,
 }
 
 impl Default for PoolConfig {
@@ -38,6 +42,7 @@ impl Default for PoolConfig {
             threads: (cores * 2).max(4),
             max_transfers: 1024,
             grace: Duration::from_secs(10),
+            ops_endpoints: true,
         }
     }
 }
@@ -86,6 +91,7 @@ pub fn start(listener: TcpListener, mount: Mount, pool: PoolConfig) -> io::Resul
                 stopping: stopping.clone(),
                 transfers: transfers.clone(),
                 max_transfers: pool.max_transfers,
+                ops_endpoints: pool.ops_endpoints,
             };
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
@@ -138,6 +144,7 @@ struct Worker {
     stopping: Arc<AtomicBool>,
     transfers: Arc<AtomicUsize>,
     max_transfers: usize,
+    ops_endpoints: bool,
 }
 
 impl Worker {
@@ -161,13 +168,18 @@ impl Worker {
     }
 
     fn handle(&self, request: Request, close: bool) {
+        if self.ops_endpoints
+            && let Some(response) = ops_response(self.mount.cache(), request.url())
+        {
+            crate::send::send_logged(request, response, close, Instant::now());
+            return;
+        }
         let Some((cache, path)) = self.mount.route(request.url()) else {
             let response = crate::Response::text(404, "not in this cache")
                 .header("Cache-Control", "public, max-age=5");
             crate::send::send_logged(request, response, close, Instant::now());
             return;
         };
-        let start = Instant::now();
         if request.method() == &tiny_http::Method::Put && cache.accepts_uploads() {
             // Uploads read a body from the network: keep them off the workers.
             let (cache, path) = (cache.clone(), path.into_owned());
@@ -179,14 +191,17 @@ impl Worker {
             }
             return;
         }
+        let start = cache.request_started();
+        let kind = Kind::of(&path);
         let response = cache.answer(request.method(), &path, request.headers());
         let big = matches!(&response.body, Body::File { len, .. } if *len >= HANDOFF_BYTES);
         if big && self.try_reserve_transfer() {
             let transfers = self.transfers.clone();
+            let cache = cache.clone();
             let spawned = std::thread::Builder::new()
                 .name("transfer".into())
                 .spawn(move || {
-                    crate::send::send_logged(request, response, close, start);
+                    cache.respond(request, response, close, start, kind);
                     transfers.fetch_sub(1, Ordering::SeqCst);
                 });
             if let Err(e) = spawned {
@@ -196,7 +211,7 @@ impl Worker {
             }
             return;
         }
-        crate::send::send_logged(request, response, close, start);
+        cache.respond(request, response, close, start, kind);
     }
 
     fn try_reserve_transfer(&self) -> bool {
@@ -206,4 +221,39 @@ impl Worker {
             })
             .is_ok()
     }
+}
+
+/// `/metrics` (Prometheus) and `/health` (200 once the index is built, which `Cache::open`
+/// finished before anything listens); `None` for any other path.
+pub fn ops_response(cache: &Cache, url: &str) -> Option<Response> {
+    let path = url.split_once('?').map_or(url, |(p, _)| p);
+    match path {
+        "/metrics" => Some(
+            Response::text(200, cache.metrics_text().trim_end())
+                .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                .header("Cache-Control", "no-store"),
+        ),
+        "/health" => Some(
+            Response::text(200, &format!("ok: {} narinfos indexed", cache.len()))
+                .header("Cache-Control", "no-store"),
+        ),
+        _ => None,
+    }
+}
+
+/// Serves only `/metrics` and `/health` on a listener of their own (e.g. a private address),
+/// on one thread; returns once the thread is started.
+pub fn start_ops_listener(listener: TcpListener, cache: Cache) -> io::Result<()> {
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("ops".into())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let response = ops_response(&cache, request.url())
+                    .unwrap_or_else(|| Response::text(404, "only /metrics and /health here"));
+                crate::send::send_logged(request, response, false, Instant::now());
+            }
+        })?;
+    Ok(())
 }

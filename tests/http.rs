@@ -523,3 +523,80 @@ fn sigterm_finishes_in_flight_work_and_exits() {
     // New connections are refused once stopped.
     assert!(std::net::TcpStream::connect(("127.0.0.1", server.port)).is_err());
 }
+
+#[test]
+fn metrics_health_and_landing_page() {
+    let key = fixtures().join("keys/test-key.sec");
+    let server = Server::start(
+        &fixtures().join("cache-xz"),
+        &["--sign-key", key.to_str().unwrap()],
+    );
+    let (hash, url, _) = first_narinfo(&fixtures().join("cache-xz"));
+    server.get(&format!("/{hash}.narinfo"));
+    server.get(&format!("/{url}"));
+    server.get("/00000000000000000000000000000000.narinfo");
+
+    let health = server.get("/health");
+    assert_eq!(
+        (health.status, health.text().trim()),
+        (200, "ok: 3 narinfos indexed")
+    );
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert_eq!(
+        metrics.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = metrics.text();
+    for line in [
+        "nbc_requests_total{kind=\"narinfo\",status=\"200\"} 1",
+        "nbc_requests_total{kind=\"narinfo\",status=\"404\"} 1",
+        "nbc_requests_total{kind=\"nar\",status=\"200\"} 1",
+        "nbc_index_entries 3",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    let nar_len = std::fs::metadata(fixtures().join("cache-xz").join(&url))
+        .unwrap()
+        .len();
+    assert!(
+        text.contains(&format!("nbc_sent_bytes_total{{kind=\"nar\"}} {nar_len}\n")),
+        "{text}"
+    );
+
+    let page = request(server.port, "GET", "/", &[("Host", "cache.example:8080")]);
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("Content-Type"),
+        Some("text/html; charset=utf-8")
+    );
+    let html = page.text();
+    assert!(html.contains("<td id=\"paths\">3</td>"), "{html}");
+    assert!(html.contains(&manifest()["PUBLIC_KEY"]));
+    assert!(html.contains("substituters = http://cache.example:8080"));
+}
+
+#[test]
+fn metrics_can_move_or_go_and_access_log_can_be_silenced() {
+    let root = fixtures().join("cache-xz");
+    let server = Server::start(&root, &["--metrics", "off", "--access-log", "off"]);
+    assert_eq!(server.get("/metrics").status, 404);
+    assert_eq!(server.get("/nix-cache-info").status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!server.log().contains("[access]"), "{}", server.log());
+
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ops_port = free.local_addr().unwrap().port();
+    drop(free);
+    let ops_addr = format!("127.0.0.1:{ops_port}");
+    let server = Server::start(&root, &["--metrics", &ops_addr]);
+    assert_eq!(server.get("/metrics").status, 404, "not on the main port");
+    let r = request(ops_port, "GET", "/metrics", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("nbc_index_entries 3"));
+    assert_eq!(request(ops_port, "GET", "/health", &[]).status, 200);
+    assert_eq!(request(ops_port, "GET", "/nix-cache-info", &[]).status, 404);
+}

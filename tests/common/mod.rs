@@ -95,7 +95,11 @@ impl Server {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("on http://").nth(1) {
+                if let Some(rest) = line
+                    .split("serving ")
+                    .nth(1)
+                    .and_then(|l| l.split(" on http://").nth(1))
+                {
                     let port = rest
                         .split_whitespace()
                         .next()
@@ -180,7 +184,10 @@ impl Reply {
 
 /// One request on a fresh connection (`Connection: close`), returning the parsed response.
 pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("Host")) {
+        raw.push_str("Host: 127.0.0.1\r\n");
+    }
     for (k, v) in headers {
         raw.push_str(&format!("{k}: {v}\r\n"));
     }

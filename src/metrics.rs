@@ -1,0 +1,259 @@
+//! Counters for `GET /metrics`, in Prometheus' text format.
+//!
+//! Plain atomics in fixed tables: recording a request costs a few relaxed additions and never
+//! takes a lock, so metrics cannot slow the hot path down.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::route::{FileKind, Route, route};
+
+/// What a request was for, as a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    CacheInfo,
+    NarInfo,
+    Nar,
+    Listing,
+    Log,
+    Realisation,
+    DebugInfo,
+    Landing,
+    Other,
+}
+
+const KINDS: [(Kind, &str); 9] = [
+    (Kind::CacheInfo, "nix_cache_info"),
+    (Kind::NarInfo, "narinfo"),
+    (Kind::Nar, "nar"),
+    (Kind::Listing, "listing"),
+    (Kind::Log, "log"),
+    (Kind::Realisation, "realisation"),
+    (Kind::DebugInfo, "debuginfo"),
+    (Kind::Landing, "landing"),
+    (Kind::Other, "other"),
+];
+
+/// Status codes counted individually; anything else is counted as "other".
+const STATUSES: [u16; 18] = [
+    200, 206, 304, 400, 401, 404, 405, 408, 409, 411, 413, 414, 415, 416, 500, 503, 507, 0,
+];
+
+impl Kind {
+    /// Classifies a path inside the cache (query string allowed).
+    pub fn of(path: &str) -> Kind {
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        if path == "/" {
+            return Kind::Landing;
+        }
+        match route(path) {
+            Ok(Route::CacheInfo) => Kind::CacheInfo,
+            Ok(Route::NarInfo(_)) => Kind::NarInfo,
+            Ok(Route::File(FileKind::Nar, _)) => Kind::Nar,
+            Ok(Route::File(FileKind::Listing, _)) => Kind::Listing,
+            Ok(Route::File(FileKind::Log, _)) => Kind::Log,
+            Ok(Route::File(FileKind::Realisation, _)) => Kind::Realisation,
+            Ok(Route::File(FileKind::DebugInfo, _)) => Kind::DebugInfo,
+            Err(_) => Kind::Other,
+        }
+    }
+
+    fn index(self) -> usize {
+        KINDS
+            .iter()
+            .position(|(k, _)| *k == self)
+            .unwrap_or(KINDS.len() - 1)
+    }
+}
+
+fn status_index(status: u16) -> usize {
+    STATUSES
+        .iter()
+        .position(|&s| s == status)
+        .unwrap_or(STATUSES.len() - 1)
+}
+
+/// All counters of one cache.
+pub struct Metrics {
+    requests: [[AtomicU64; STATUSES.len()]; KINDS.len()],
+    bytes_sent: [AtomicU64; KINDS.len()],
+    in_flight: AtomicI64,
+    uploads_stored: AtomicU64,
+    upload_bytes: AtomicU64,
+    uploads_refused: [AtomicU64; STATUSES.len()],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            bytes_sent: std::array::from_fn(|_| AtomicU64::new(0)),
+            in_flight: AtomicI64::new(0),
+            uploads_stored: AtomicU64::new(0),
+            upload_bytes: AtomicU64::new(0),
+            uploads_refused: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// Figures that live elsewhere (the index), passed in when rendering.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    pub index_entries: usize,
+    pub nar_bytes: u64,
+    pub last_scan_seconds: f64,
+    pub last_scan_unix: u64,
+}
+
+impl Metrics {
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    pub fn request_finished(&self, kind: Kind, status: u16, body_bytes: u64) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        self.requests[kind.index()][status_index(status)].fetch_add(1, Relaxed);
+        self.bytes_sent[kind.index()].fetch_add(body_bytes, Relaxed);
+    }
+
+    pub fn upload_stored(&self, bytes: u64) {
+        self.uploads_stored.fetch_add(1, Relaxed);
+        self.upload_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    pub fn upload_refused(&self, status: u16) {
+        self.uploads_refused[status_index(status)].fetch_add(1, Relaxed);
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self, g: Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let status_label = |i: usize| match STATUSES[i] {
+            0 => "other".to_string(),
+            s => s.to_string(),
+        };
+        out.push_str("# HELP nbc_requests_total Requests answered, by route kind and status.\n");
+        out.push_str("# TYPE nbc_requests_total counter\n");
+        for (k, (_, kind)) in KINDS.iter().enumerate() {
+            for s in 0..STATUSES.len() {
+                let n = self.requests[k][s].load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "nbc_requests_total{{kind=\"{kind}\",status=\"{}\"}} {n}",
+                        status_label(s)
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP nbc_sent_bytes_total Response body bytes sent, by route kind.\n");
+        out.push_str("# TYPE nbc_sent_bytes_total counter\n");
+        for (k, (_, kind)) in KINDS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "nbc_sent_bytes_total{{kind=\"{kind}\"}} {}",
+                self.bytes_sent[k].load(Relaxed)
+            );
+        }
+        let gauge = |out: &mut String, name: &str, help: &str, value: String| {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+            );
+        };
+        gauge(
+            &mut out,
+            "nbc_requests_in_flight",
+            "Requests being answered now.",
+            self.in_flight.load(Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "nbc_index_entries",
+            "narinfo files in the index.",
+            g.index_entries.to_string(),
+        );
+        gauge(
+            &mut out,
+            "nbc_index_nar_bytes",
+            "Sum of FileSize over indexed narinfos.",
+            g.nar_bytes.to_string(),
+        );
+        gauge(
+            &mut out,
+            "nbc_last_rescan_duration_seconds",
+            "How long the last index scan took.",
+            format!("{:.6}", g.last_scan_seconds),
+        );
+        gauge(
+            &mut out,
+            "nbc_last_rescan_timestamp_seconds",
+            "When the last index scan finished (Unix time).",
+            g.last_scan_unix.to_string(),
+        );
+        out.push_str(
+            "# HELP nbc_uploads_total Uploads stored.\n# TYPE nbc_uploads_total counter\n",
+        );
+        let _ = writeln!(
+            out,
+            "nbc_uploads_total {}",
+            self.uploads_stored.load(Relaxed)
+        );
+        out.push_str("# HELP nbc_upload_bytes_total Bytes of stored uploads.\n# TYPE nbc_upload_bytes_total counter\n");
+        let _ = writeln!(
+            out,
+            "nbc_upload_bytes_total {}",
+            self.upload_bytes.load(Relaxed)
+        );
+        out.push_str("# HELP nbc_upload_rejections_total Uploads refused, by status.\n# TYPE nbc_upload_rejections_total counter\n");
+        for s in 0..STATUSES.len() {
+            let n = self.uploads_refused[s].load(Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "nbc_upload_rejections_total{{status=\"{}\"}} {n}",
+                    status_label(s)
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_kind_and_status() {
+        let m = Metrics::default();
+        m.request_started();
+        m.request_finished(Kind::of("/nar/0000.nar.xz"), 200, 1000);
+        m.request_started();
+        m.request_finished(
+            Kind::of("/00000000000000000000000000000000.narinfo"),
+            404,
+            18,
+        );
+        m.request_started();
+        m.request_finished(Kind::of("/../x"), 400, 5);
+        m.request_started();
+        m.upload_refused(401);
+        let text = m.render(Gauges {
+            index_entries: 3,
+            ..Gauges::default()
+        });
+        assert!(
+            text.contains("nbc_requests_total{kind=\"nar\",status=\"200\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("nbc_requests_total{kind=\"narinfo\",status=\"404\"} 1\n"));
+        assert!(text.contains("nbc_requests_total{kind=\"other\",status=\"400\"} 1\n"));
+        assert!(text.contains("nbc_sent_bytes_total{kind=\"nar\"} 1000\n"));
+        assert!(text.contains("nbc_requests_in_flight 1\n"));
+        assert!(text.contains("nbc_index_entries 3\n"));
+        assert!(text.contains("nbc_upload_rejections_total{status=\"401\"} 1\n"));
+        assert_eq!(Kind::of("/"), Kind::Landing);
+        assert_eq!(Kind::of("/nix-cache-info?x=1"), Kind::CacheInfo);
+    }
+}
