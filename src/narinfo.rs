@@ -127,7 +127,9 @@ pub fn check_base_name(base: &str) -> Result<&str, ParseError> {
     let bytes = base.as_bytes();
     let ok = bytes.len() > nix32::STORE_HASH_LEN + 1
         && bytes.len() <= 211
-        && nix32::is_store_hash(&base[..nix32::STORE_HASH_LEN])
+        && base
+            .get(..nix32::STORE_HASH_LEN)
+            .is_some_and(nix32::is_store_hash)
         && bytes[nix32::STORE_HASH_LEN] == b'-'
         && bytes[nix32::STORE_HASH_LEN + 1] != b'.'
         && bytes[nix32::STORE_HASH_LEN + 1..]
@@ -259,6 +261,11 @@ NarHash: sha256:1h9kn9hj1j745kchafr3vi3hdp04zfhfgbc5dcvhkx5hfh2njr54\nNarSize: 1
                 "not a store path",
             ),
             (&GOOD.replace("NarHash: sha256:", "NarHash: "), "not a hash"),
+            // Found by fuzzing: a multi-byte character across the hash boundary.
+            (
+                "References: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\u{e9}-x\n",
+                "not a store path",
+            ),
         ];
         for (text, why) in cases {
             let e = NarInfo::parse(text, "/nix/store").unwrap_err();
