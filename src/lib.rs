@@ -26,6 +26,7 @@ pub mod auth;
 mod cache;
 mod cache_info;
 mod files;
+pub mod gc;
 mod index;
 mod landing;
 pub mod metrics;
@@ -40,6 +41,7 @@ pub mod server;
 pub mod signing;
 mod socket;
 pub mod upload;
+pub mod verify;
 
 pub use auth::Tokens;
 pub use cache::{Cache, Config, UploadConfig};

@@ -1,0 +1,802 @@
+//! `verify`: checks that a cache directory is whole, the way a client would find it.
+//!
+//! A client that trusts this cache needs every narinfo to parse and name its own path, its NAR
+//! to be there with the size and hash the narinfo promises, and every reference to have a
+//! narinfo too (else `nix copy` of the closure fails half-way). Files nothing points to are
+//! wasted space, so they are listed as well. Every finding is a [`Problem`] naming the file;
+//! only a cache directory that cannot be listed at all is an error.
+//!
+//! NARs are hashed in parallel (rayon), streamed through a 1 MiB buffer, and opened with
+//! `O_NOATIME` where the kernel allows it (owner or root), so that a verify run does not make
+//! every NAR look recently used to [`crate::gc`].
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::cache_info::CacheInfo;
+use crate::files;
+use crate::narinfo::NarInfo;
+use crate::nix32;
+use crate::route::{FileKind, Route, route};
+use crate::upload::MAX_METADATA_BYTES;
+
+/// What to check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifyOptions {
+    /// Check NAR sizes only, without reading them (`--quick`).
+    pub quick: bool,
+}
+
+/// Where the hashing phase stands; sent before the first NAR, as NARs are read and after each.
+/// Never sent when there is nothing to hash (`quick`, or no NARs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub nars_done: usize,
+    pub nars_total: usize,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Everything wrong, roughly in file order; empty for a whole cache.
+    pub problems: Vec<Problem>,
+    /// `*.narinfo` files examined (including the broken ones).
+    pub narinfos: usize,
+    /// NAR files read and hashed (0 with `quick`).
+    pub nars_hashed: usize,
+    pub bytes_hashed: u64,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// One thing wrong with the cache. `Display` gives a one-line description for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// A file that could not be read (permissions, I/O error).
+    Unreadable { file: PathBuf, error: String },
+    /// A narinfo that does not parse (or is not a regular file): the server skips it.
+    MalformedNarInfo { file: PathBuf, reason: String },
+    /// A narinfo whose `StorePath` hash differs from its file name: Nix would reject it.
+    WrongStorePath { file: PathBuf, store_path: String },
+    /// A narinfo whose `URL` is not a `nar/<filehash>.nar[.ext]` path the server serves.
+    BadUrl { narinfo: PathBuf, url: String },
+    /// The NAR a narinfo points to is absent (or not a regular file).
+    MissingNar { narinfo: PathBuf, nar: PathBuf },
+    /// The NAR's length differs from the narinfo's `FileSize`.
+    SizeMismatch {
+        narinfo: PathBuf,
+        nar: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    /// The NAR's sha256 differs from the narinfo's `FileHash`.
+    HashMismatch {
+        narinfo: PathBuf,
+        nar: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    /// A `FileHash` in a form verify cannot compare (not sha256 in nix32 or hexadecimal).
+    UncheckableHash { narinfo: PathBuf, file_hash: String },
+    /// A reference without a valid narinfo in the cache: the closure is incomplete.
+    MissingReference { narinfo: PathBuf, reference: String },
+    /// A file under `nar/` that no narinfo points to.
+    StrayNar { file: PathBuf },
+    /// A `.nbc-upload.*.tmp` file left by an interrupted upload to this server.
+    UploadTemporary { file: PathBuf },
+    /// A `*.tmp` / `*.tmp.<pid>[.<n>]` file left by an interrupted `nix copy --to file://`.
+    NixTemporary { file: PathBuf },
+}
+
+impl Problem {
+    /// The file the problem is about (for a NAR problem: the narinfo that points to it).
+    pub fn file(&self) -> &Path {
+        match self {
+            Problem::Unreadable { file, .. }
+            | Problem::MalformedNarInfo { file, .. }
+            | Problem::WrongStorePath { file, .. }
+            | Problem::StrayNar { file }
+            | Problem::UploadTemporary { file }
+            | Problem::NixTemporary { file } => file,
+            Problem::BadUrl { narinfo, .. }
+            | Problem::MissingNar { narinfo, .. }
+            | Problem::SizeMismatch { narinfo, .. }
+            | Problem::HashMismatch { narinfo, .. }
+            | Problem::UncheckableHash { narinfo, .. }
+            | Problem::MissingReference { narinfo, .. } => narinfo,
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Unreadable { file, error } => {
+                write!(f, "{}: cannot be read: {error}", file.display())
+            }
+            Problem::MalformedNarInfo { file, reason } => write!(
+                f,
+                "{}: malformed narinfo ({reason}); the server skips it: fix or delete it",
+                file.display()
+            ),
+            Problem::WrongStorePath { file, store_path } => write!(
+                f,
+                "{}: StorePath {store_path} does not match the file name; Nix rejects it: \
+                 rename or delete the file",
+                file.display()
+            ),
+            Problem::BadUrl { narinfo, url } => write!(
+                f,
+                "{}: URL {url:?} is not a nar/<filehash>.nar[.ext] path this server serves",
+                narinfo.display()
+            ),
+            Problem::MissingNar { narinfo, nar } => write!(
+                f,
+                "{}: its NAR {} is missing or not a regular file; clients get a 404: \
+                 copy the path again or delete the narinfo",
+                narinfo.display(),
+                nar.display()
+            ),
+            Problem::SizeMismatch {
+                narinfo,
+                nar,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "{}: {actual} bytes, but {} says FileSize {expected}; truncated or replaced: \
+                 copy the path again",
+                nar.display(),
+                narinfo.display()
+            ),
+            Problem::HashMismatch {
+                narinfo,
+                nar,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "{}: hash is {actual}, but {} says FileHash {expected}; the file is corrupt: \
+                 copy the path again",
+                nar.display(),
+                narinfo.display()
+            ),
+            Problem::UncheckableHash { narinfo, file_hash } => write!(
+                f,
+                "{}: FileHash {file_hash} is not sha256 in nix32 or hexadecimal; its NAR was \
+                 not hashed",
+                narinfo.display()
+            ),
+            Problem::MissingReference { narinfo, reference } => write!(
+                f,
+                "{}: references {reference}, which has no valid narinfo here; the closure is \
+                 incomplete: copy that path too",
+                narinfo.display()
+            ),
+            Problem::StrayNar { file } => write!(
+                f,
+                "{}: no narinfo points to this NAR; `gc` removes it",
+                file.display()
+            ),
+            Problem::UploadTemporary { file } => write!(
+                f,
+                "{}: left by an interrupted upload; the server removes its own at start, \
+                 safe to delete when no upload is running",
+                file.display()
+            ),
+            Problem::NixTemporary { file } => write!(
+                f,
+                "{}: temporary left by an interrupted nix copy; safe to delete when no \
+                 nix copy is running",
+                file.display()
+            ),
+        }
+    }
+}
+
+/// Checks the cache at `root`; `progress` is called on this thread during the hashing phase.
+pub fn verify(
+    root: &Path,
+    options: &VerifyOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> io::Result<Report> {
+    let info = CacheInfo::load(root, None).map_err(|e| in_file(&root.join("nix-cache-info"), e))?;
+    let scan = scan_narinfos(root, &info.store_dir)?;
+    let mut report = Report {
+        narinfos: scan.entries.len() + scan.broken.len(),
+        ..Report::default()
+    };
+    report.problems.extend(scan.broken.iter().cloned());
+
+    let present: HashSet<&str> = scan.entries.iter().map(|e| e.hash.as_str()).collect();
+    let mut jobs = HashMap::new();
+    for entry in &scan.entries {
+        report.problems.extend(missing_references(entry, &present));
+        let problem = check_nar(root, entry, options.quick, &mut jobs);
+        report.problems.extend(problem);
+    }
+
+    let mut jobs: Vec<HashJob> = jobs.into_values().collect();
+    jobs.sort_by(|a, b| a.nar.cmp(&b.nar));
+    for (job, result) in hash_all(jobs, progress) {
+        judge_hash(&job, result, &mut report);
+    }
+
+    let mut pointed: HashSet<String> = scan.entries.iter().filter_map(|e| e.nar_rel()).collect();
+    pointed.extend(scan.salvaged_urls.iter().cloned());
+    report.problems.extend(strays(root, &pointed)?);
+    Ok(report)
+}
+
+// ---- Reading narinfos (shared with gc) ----
+
+/// A narinfo that parsed and names its own path, with owned fields.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    /// The 32-character store hash: the file name stem.
+    pub hash: String,
+    pub file: PathBuf,
+    pub store_path: String,
+    pub url: String,
+    pub file_hash: Option<String>,
+    pub file_size: Option<u64>,
+    /// Base names of referenced paths, self-references left out.
+    pub references: Vec<String>,
+}
+
+impl Entry {
+    /// `nar/…` relative to the root, if the URL is one the server serves as a NAR.
+    pub fn nar_rel(&self) -> Option<String> {
+        nar_rel(&self.url)
+    }
+
+    /// Hash parts of the referenced paths (parsing checked each is a store base name).
+    pub fn reference_hashes(&self) -> impl Iterator<Item = &str> {
+        self.references
+            .iter()
+            .filter_map(|r| r.get(..nix32::STORE_HASH_LEN))
+    }
+}
+
+/// All `*.narinfo` files of a cache.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// The good ones, sorted by hash.
+    pub entries: Vec<Entry>,
+    /// One problem per broken file (malformed, wrong StorePath, unreadable).
+    pub broken: Vec<Problem>,
+    /// `nar/…` paths named by `URL:` lines of broken files: not strays, whatever else is wrong.
+    pub salvaged_urls: HashSet<String>,
+}
+
+/// How one narinfo file turned out.
+enum Loaded {
+    Good(Entry),
+    Broken(Problem, Option<String>),
+    /// Removed between listing and reading.
+    Gone,
+}
+
+/// Reads every `*.narinfo` in `root`, in parallel.
+pub(crate) fn scan_narinfos(root: &Path, store_dir: &str) -> io::Result<Scan> {
+    let names: Vec<String> = list_dir(root)?
+        .into_iter()
+        .filter_map(|(name, _)| name.to_str().map(str::to_string))
+        .filter(|name| name.ends_with(".narinfo"))
+        .collect();
+    let loaded: Vec<Loaded> = names
+        .par_iter()
+        .map(|name| load_narinfo(&root.join(name), name, store_dir))
+        .collect();
+
+    let mut scan = Scan::default();
+    for item in loaded {
+        match item {
+            Loaded::Good(entry) => scan.entries.push(entry),
+            Loaded::Broken(problem, url) => {
+                scan.broken.push(problem);
+                scan.salvaged_urls.extend(url.as_deref().and_then(nar_rel));
+            }
+            Loaded::Gone => {}
+        }
+    }
+    Ok(scan)
+}
+
+fn load_narinfo(path: &Path, name: &str, store_dir: &str) -> Loaded {
+    let malformed = |reason: &str, url: Option<String>| {
+        let file = path.to_path_buf();
+        let reason = reason.to_string();
+        Loaded::Broken(Problem::MalformedNarInfo { file, reason }, url)
+    };
+    let hash = name.strip_suffix(".narinfo").unwrap_or(name);
+    if !nix32::is_store_hash(hash) {
+        return malformed("the name is not <32-character store hash>.narinfo", None);
+    }
+    let bytes = match read_small(path) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => match std::fs::symlink_metadata(path) {
+            Err(e) if files::is_absent(&e) => return Loaded::Gone,
+            _ => return malformed("not a regular file; links are not followed", None),
+        },
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => return malformed(&e.to_string(), None),
+        Err(e) => return unreadable(path, &e),
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            return malformed(
+                "not UTF-8",
+                salvage_url(&String::from_utf8_lossy(e.as_bytes())),
+            );
+        }
+    };
+    let info = match NarInfo::parse(&text, store_dir) {
+        Ok(info) => info,
+        Err(e) => return malformed(&e.0, salvage_url(&text)),
+    };
+    if info.store_hash() != hash {
+        let problem = Problem::WrongStorePath {
+            file: path.to_path_buf(),
+            store_path: info.store_path.to_string(),
+        };
+        return Loaded::Broken(problem, Some(info.url.to_string()));
+    }
+    Loaded::Good(owned_entry(path, hash, &info))
+}
+
+fn unreadable(path: &Path, e: &io::Error) -> Loaded {
+    let file = path.to_path_buf();
+    let problem = Problem::Unreadable {
+        file,
+        error: e.to_string(),
+    };
+    Loaded::Broken(problem, None)
+}
+
+fn owned_entry(path: &Path, hash: &str, info: &NarInfo<'_>) -> Entry {
+    Entry {
+        hash: hash.to_string(),
+        file: path.to_path_buf(),
+        store_path: info.store_path.to_string(),
+        url: info.url.to_string(),
+        file_hash: info.file_hash.map(str::to_string),
+        file_size: info.file_size,
+        references: info
+            .references
+            .iter()
+            .filter(|r| !r.starts_with(hash))
+            .map(|r| r.to_string())
+            .collect(),
+    }
+}
+
+/// Reads a narinfo-sized file; `Ok(None)` if absent or not a regular file. Larger than
+/// [`MAX_METADATA_BYTES`] is an `InvalidData` error: no real narinfo comes near it.
+fn read_small(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let Some((file, meta)) = open_untouched(path)? else {
+        return Ok(None);
+    };
+    if meta.len() > MAX_METADATA_BYTES {
+        let msg = format!("larger than {MAX_METADATA_BYTES} bytes, not a narinfo");
+        return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_METADATA_BYTES).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+/// The `URL:` value of a narinfo that does not parse, so its NAR is not called a stray.
+fn salvage_url(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .map(|u| u.trim().to_string())
+}
+
+/// Opens a regular file for reading without following links and, where permitted, without
+/// updating its access time (gc reads atimes as "last used").
+pub(crate) fn open_untouched(path: &Path) -> io::Result<Option<(File, Metadata)>> {
+    let open = |extra: i32| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | extra)
+            .open(path)
+    };
+    // O_NOATIME is refused (EPERM) on files of other users unless we are root.
+    let opened = match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    };
+    match opened {
+        Ok(file) => {
+            let meta = file.metadata()?;
+            Ok(meta.is_file().then_some((file, meta)))
+        }
+        Err(e) if files::is_absent(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `nar/…` for a narinfo URL the server would serve as a NAR, else `None`.
+pub(crate) fn nar_rel(url: &str) -> Option<String> {
+    let path = format!("/{url}");
+    match route(&path) {
+        Ok(Route::File(FileKind::Nar, rel)) => Some(rel.to_string()),
+        _ => None,
+    }
+}
+
+/// The entries of a directory with their types (links not followed), sorted by name.
+pub(crate) fn list_dir(dir: &Path) -> io::Result<Vec<(std::ffi::OsString, std::fs::FileType)>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| in_file(dir, e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| in_file(dir, e))?;
+        let Ok(kind) = entry.file_type() else {
+            continue; // Removed meanwhile.
+        };
+        out.push((entry.file_name(), kind));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Adds the file name to an error, so the operator knows which file to look at.
+pub(crate) fn in_file(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Which kind of temporary a file name is, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Temporary {
+    /// `.nbc-upload.<host>.<pid>.<n>.tmp`, written by this server (see `atomic.rs`).
+    Upload,
+    /// `<name>.tmp` or `<name>.tmp.<pid>[.<n>]`, written by Nix's `file://` store.
+    Nix,
+}
+
+pub(crate) fn temporary(name: &str) -> Option<Temporary> {
+    if name.starts_with(".nbc-upload.") && name.ends_with(".tmp") {
+        return Some(Temporary::Upload);
+    }
+    // Only Nix's own pattern: a log named `…-foo.tmpl.drv` is not a temporary.
+    let nix_suffix = name.rsplit_once(".tmp.").is_some_and(|(_, tail)| {
+        !tail.is_empty() && tail.bytes().all(|c| c.is_ascii_digit() || c == b'.')
+    });
+    (name.ends_with(".tmp") || nix_suffix).then_some(Temporary::Nix)
+}
+
+// ---- Checks of one narinfo ----
+
+fn missing_references<'a>(
+    entry: &'a Entry,
+    present: &'a HashSet<&str>,
+) -> impl Iterator<Item = Problem> + 'a {
+    entry
+        .references
+        .iter()
+        .filter(|r| {
+            r.get(..nix32::STORE_HASH_LEN)
+                .is_none_or(|h| !present.contains(h))
+        })
+        .map(|r| Problem::MissingReference {
+            narinfo: entry.file.clone(),
+            reference: r.clone(),
+        })
+}
+
+/// One NAR to hash, and what the narinfos pointing to it expect.
+struct HashJob {
+    nar: PathBuf,
+    len: u64,
+    expected: Vec<(PathBuf, Expected)>,
+}
+
+/// A `FileHash` the hashing can compare against.
+struct Expected {
+    /// As written in the narinfo.
+    written: String,
+    nix32: String,
+}
+
+/// Checks that the NAR exists with the right size, and queues it for hashing unless `quick`.
+fn check_nar(
+    root: &Path,
+    entry: &Entry,
+    quick: bool,
+    jobs: &mut HashMap<String, HashJob>,
+) -> Option<Problem> {
+    let narinfo = entry.file.clone();
+    let Some(rel) = entry.nar_rel() else {
+        let url = entry.url.clone();
+        return Some(Problem::BadUrl { narinfo, url });
+    };
+    let nar = root.join(&rel);
+    let meta = match std::fs::symlink_metadata(&nar) {
+        Ok(meta) if meta.is_file() => meta,
+        Ok(_) => return Some(Problem::MissingNar { narinfo, nar }),
+        Err(e) if files::is_absent(&e) => return Some(Problem::MissingNar { narinfo, nar }),
+        Err(e) => {
+            return Some(Problem::Unreadable {
+                file: nar,
+                error: e.to_string(),
+            });
+        }
+    };
+    if let Some(expected) = entry.file_size.filter(|&size| size != meta.len()) {
+        let actual = meta.len();
+        return Some(Problem::SizeMismatch {
+            narinfo,
+            nar,
+            expected,
+            actual,
+        });
+    }
+    if quick {
+        return None;
+    }
+    // Nix may leave FileHash out; then there is nothing to compare with.
+    let file_hash = entry.file_hash.as_deref()?;
+    let Some(expected) = parse_expected(file_hash) else {
+        let file_hash = file_hash.to_string();
+        return Some(Problem::UncheckableHash { narinfo, file_hash });
+    };
+    let job = jobs.entry(rel).or_insert_with(|| HashJob {
+        nar,
+        len: meta.len(),
+        expected: Vec::new(),
+    });
+    job.expected.push((narinfo, expected));
+    None
+}
+
+/// `sha256:` with 52 nix32 or 64 hexadecimal digits (Nix writes nix32).
+fn parse_expected(file_hash: &str) -> Option<Expected> {
+    let digest = file_hash.strip_prefix("sha256:")?;
+    let nix32 = if digest.len() == nix32::SHA256_LEN && nix32::is_nix32(digest.as_bytes()) {
+        digest.to_string()
+    } else {
+        nix32::encode(&decode_hex(digest)?)
+    };
+    let written = file_hash.to_string();
+    Some(Expected { written, nix32 })
+}
+
+fn decode_hex(text: &str) -> Option<[u8; 32]> {
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+// ---- Hashing ----
+
+/// A hashed NAR: its digest and length, or `None` if it vanished meanwhile.
+type Hashed = io::Result<Option<([u8; 32], u64)>>;
+
+/// What the hashing threads tell the calling thread, which owns `progress`.
+enum Tick {
+    Bytes(u64),
+    Done,
+}
+
+/// Report progress at least this often while a large NAR is being read.
+const TICK_BYTES: u64 = 16 << 20;
+const BUFFER: usize = 1 << 20;
+
+fn hash_all(jobs: Vec<HashJob>, progress: &mut dyn FnMut(Progress)) -> Vec<(HashJob, Hashed)> {
+    if jobs.is_empty() {
+        return Vec::new();
+    }
+    let mut state = Progress {
+        nars_total: jobs.len(),
+        bytes_total: jobs.iter().map(|j| j.len).sum(),
+        ..Progress::default()
+    };
+    progress(state);
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(move || {
+            jobs.into_par_iter()
+                .map(|job| {
+                    let tick = |n| {
+                        let _ = tx.send(Tick::Bytes(n));
+                    };
+                    let result = sha256_file(&job.nar, &tick);
+                    let _ = tx.send(Tick::Done);
+                    (job, result)
+                })
+                .collect::<Vec<_>>()
+        });
+        for tick in rx {
+            match tick {
+                Tick::Bytes(n) => state.bytes_done += n,
+                Tick::Done => state.nars_done += 1,
+            }
+            progress(state);
+        }
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Streams a file through sha256, calling `tick` with bytes read every [`TICK_BYTES`].
+fn sha256_file(path: &Path, tick: &dyn Fn(u64)) -> Hashed {
+    let Some((mut file, _)) = open_untouched(path)? else {
+        return Ok(None);
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BUFFER];
+    let (mut total, mut unreported) = (0u64, 0u64);
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+        unreported += n as u64;
+        if unreported >= TICK_BYTES {
+            tick(std::mem::take(&mut unreported));
+        }
+    }
+    tick(unreported);
+    Ok(Some((hasher.finalize().into(), total)))
+}
+
+/// Records one hashed NAR in the report, with a problem for each narinfo it disappoints.
+fn judge_hash(job: &HashJob, result: Hashed, report: &mut Report) {
+    let (digest, len) = match result {
+        Ok(Some(hashed)) => hashed,
+        Ok(None) => {
+            // Removed since its size was checked (a concurrent gc, say).
+            let missing = job.expected.iter().map(|(narinfo, _)| Problem::MissingNar {
+                narinfo: narinfo.clone(),
+                nar: job.nar.clone(),
+            });
+            report.problems.extend(missing);
+            return;
+        }
+        Err(e) => {
+            let file = job.nar.clone();
+            let error = e.to_string();
+            report.problems.push(Problem::Unreadable { file, error });
+            return;
+        }
+    };
+    report.nars_hashed += 1;
+    report.bytes_hashed += len;
+    let actual = nix32::encode(&digest);
+    let mismatches = job
+        .expected
+        .iter()
+        .filter(|(_, expected)| expected.nix32 != actual)
+        .map(|(narinfo, expected)| Problem::HashMismatch {
+            narinfo: narinfo.clone(),
+            nar: job.nar.clone(),
+            expected: expected.written.clone(),
+            actual: format!("sha256:{actual}"),
+        });
+    report.problems.extend(mismatches);
+}
+
+// ---- Strays ----
+
+/// Temporaries in the root and its subdirectories, and files in `nar/` nothing points to.
+fn strays(root: &Path, pointed: &HashSet<String>) -> io::Result<Vec<Problem>> {
+    let mut problems = Vec::new();
+    for (name, kind) in list_dir(root)? {
+        let path = root.join(&name);
+        if kind.is_dir() {
+            let is_nar_dir = name == "nar";
+            problems.extend(strays_in(&path, is_nar_dir.then_some(pointed)));
+        } else if let Some(problem) = name.to_str().and_then(|n| temporary_problem(n, &path)) {
+            problems.push(problem);
+        }
+    }
+    Ok(problems)
+}
+
+/// Temporaries in one subdirectory; with `pointed` (for `nar/`), unreferenced files too.
+fn strays_in(dir: &Path, pointed: Option<&HashSet<String>>) -> Vec<Problem> {
+    let entries = match list_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            let file = dir.to_path_buf();
+            return vec![Problem::Unreadable {
+                file,
+                error: e.to_string(),
+            }];
+        }
+    };
+    let mut problems = Vec::new();
+    for (name, kind) in entries {
+        let path = dir.join(&name);
+        let name = name.to_string_lossy();
+        if let Some(problem) = temporary_problem(&name, &path) {
+            problems.push(problem);
+        } else if let Some(pointed) = pointed
+            && !kind.is_dir()
+            && !pointed.contains(&format!("nar/{name}"))
+        {
+            problems.push(Problem::StrayNar { file: path });
+        }
+    }
+    problems
+}
+
+fn temporary_problem(name: &str, path: &Path) -> Option<Problem> {
+    let file = path.to_path_buf();
+    match temporary(name)? {
+        Temporary::Upload => Some(Problem::UploadTemporary { file }),
+        Temporary::Nix => Some(Problem::NixTemporary { file }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporaries_are_told_apart_from_names_that_merely_contain_tmp() {
+        assert_eq!(
+            temporary(".nbc-upload.host.12.0.tmp"),
+            Some(Temporary::Upload)
+        );
+        assert_eq!(temporary("abc.narinfo.tmp.123"), Some(Temporary::Nix));
+        assert_eq!(temporary("abc.nar.xz.tmp.123.4"), Some(Temporary::Nix));
+        assert_eq!(temporary("abc.tmp"), Some(Temporary::Nix));
+        assert_eq!(temporary("x-config.tmpl.drv"), None);
+        assert_eq!(temporary("x-a.tmp.b.drv"), None);
+        assert_eq!(temporary("abc.narinfo"), None);
+    }
+
+    #[test]
+    fn file_hashes_in_nix32_and_hex_compare_alike() {
+        // sha256 of the empty string.
+        let nix32 = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+        let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(
+            parse_expected(&format!("sha256:{nix32}")).unwrap().nix32,
+            nix32
+        );
+        assert_eq!(
+            parse_expected(&format!("sha256:{hex}")).unwrap().nix32,
+            nix32
+        );
+        assert!(parse_expected("sha512:abc").is_none());
+        assert!(parse_expected("sha256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=").is_none());
+        assert!(parse_expected(&format!("sha256:{}", "é".repeat(32))).is_none());
+    }
+
+    #[test]
+    fn salvaged_urls_keep_nars_of_broken_narinfos() {
+        let text = "StorePath: junk\nURL: nar/abc.nar.xz\n";
+        assert_eq!(salvage_url(text).as_deref(), Some("nar/abc.nar.xz"));
+        assert_eq!(nar_rel("nar/abc.nar.xz").as_deref(), Some("nar/abc.nar.xz"));
+        assert_eq!(nar_rel("../etc/passwd"), None);
+        assert_eq!(nar_rel("log/x"), None);
+    }
+}

@@ -1,0 +1,538 @@
+//! The operator commands as a library: `verify` on clean and deliberately broken caches, and
+//! `gc` plans and deletions, always checked to leave a cache that verifies clean.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::{File, FileTimes};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use common::{copy_fixture, fixtures, manifest};
+use nix_binary_cache::gc::{self, GcPolicy, Reason};
+use nix_binary_cache::verify::{Problem, Progress, Report, VerifyOptions, verify};
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const STRAY_NAR: &str = "nar/0000000000000000000000000000000000000000000000000000.nar.xz";
+
+/// The 32-character hashes of TOP, MID and BASE (TOP → MID → BASE).
+fn hashes() -> [String; 3] {
+    let m = manifest();
+    ["TOP", "MID", "BASE"].map(|k| {
+        let path = &m[k];
+        let base = path.rsplit('/').next().unwrap();
+        base[..32].to_string()
+    })
+}
+
+fn run_verify(root: &Path, quick: bool) -> Report {
+    verify(root, &VerifyOptions { quick }, &mut |_| {}).unwrap()
+}
+
+fn describe(report: &Report) -> String {
+    let lines: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+    lines.join("\n")
+}
+
+fn assert_clean(root: &Path) {
+    let report = run_verify(root, false);
+    assert!(
+        report.is_clean(),
+        "{}:\n{}",
+        root.display(),
+        describe(&report)
+    );
+}
+
+fn narinfo(root: &Path, hash: &str) -> PathBuf {
+    root.join(format!("{hash}.narinfo"))
+}
+
+/// The NAR file a narinfo points to.
+fn nar_of(root: &Path, hash: &str) -> PathBuf {
+    let text = std::fs::read_to_string(narinfo(root, hash)).unwrap();
+    let url = text.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
+    root.join(url)
+}
+
+/// Sets a file's access and modification times `ago` into the past.
+fn age(path: &Path, ago: Duration) {
+    let t = SystemTime::now() - ago;
+    let file = File::options().write(true).open(path).unwrap();
+    file.set_times(FileTimes::new().set_accessed(t).set_modified(t))
+        .unwrap();
+}
+
+/// Ages a store path: its narinfo and its NAR.
+fn age_path(root: &Path, hash: &str, ago: Duration) {
+    age(&nar_of(root, hash), ago);
+    age(&narinfo(root, hash), ago);
+}
+
+/// Every file under `dir` with its length and mtime, to see what changed.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            out.extend(snapshot(&entry.path()));
+        } else {
+            out.insert(entry.path(), (meta.len(), meta.modified().unwrap()));
+        }
+    }
+    out
+}
+
+fn older_than(days: u64) -> GcPolicy {
+    GcPolicy {
+        older_than: Some(DAY * days as u32),
+        max_size: None,
+    }
+}
+
+// ---- verify ----
+
+#[test]
+fn fixture_caches_verify_clean_with_progress() {
+    for name in ["cache-xz", "cache-zstd", "cache-signed"] {
+        let root = fixtures().join(name);
+        let mut ticks: Vec<Progress> = Vec::new();
+        let report = verify(&root, &VerifyOptions::default(), &mut |p| ticks.push(p)).unwrap();
+        assert!(report.is_clean(), "{name}:\n{}", describe(&report));
+        assert_eq!((report.narinfos, report.nars_hashed), (3, 3), "{name}");
+        let nar_bytes: u64 = hashes()
+            .iter()
+            .map(|h| std::fs::metadata(nar_of(&root, h)).unwrap().len())
+            .sum();
+        assert_eq!(report.bytes_hashed, nar_bytes, "{name}");
+
+        let (first, last) = (ticks[0], *ticks.last().unwrap());
+        assert_eq!((first.nars_done, first.bytes_done), (0, 0), "{name}");
+        assert_eq!((last.nars_done, last.nars_total), (3, 3), "{name}");
+        assert_eq!((last.bytes_done, last.bytes_total), (nar_bytes, nar_bytes));
+
+        let quick = run_verify(&root, true);
+        assert!(quick.is_clean() && quick.nars_hashed == 0, "{name}");
+    }
+}
+
+#[test]
+fn flipped_bytes_are_a_hash_mismatch_that_quick_does_not_read() {
+    let cache = copy_fixture("cache-xz");
+    let [top, ..] = hashes();
+    let nar = nar_of(cache.path(), &top);
+    let mut bytes = std::fs::read(&nar).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&nar, bytes).unwrap();
+
+    let report = run_verify(cache.path(), false);
+    assert_eq!(report.problems.len(), 1, "{}", describe(&report));
+    let Problem::HashMismatch {
+        nar: found,
+        expected,
+        actual,
+        ..
+    } = &report.problems[0]
+    else {
+        panic!("{}", describe(&report));
+    };
+    assert_eq!(found, &nar);
+    assert_ne!(expected, actual);
+    let line = report.problems[0].to_string();
+    assert!(line.contains(&*nar.to_string_lossy()) && line.contains("corrupt"));
+
+    assert!(run_verify(cache.path(), true).is_clean());
+}
+
+#[test]
+fn truncated_nar_is_a_size_mismatch() {
+    let cache = copy_fixture("cache-zstd");
+    let [top, ..] = hashes();
+    let nar = nar_of(cache.path(), &top);
+    let len = std::fs::metadata(&nar).unwrap().len();
+    File::options()
+        .write(true)
+        .open(&nar)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+
+    for quick in [false, true] {
+        let report = run_verify(cache.path(), quick);
+        assert_eq!(report.problems.len(), 1, "{}", describe(&report));
+        assert!(
+            matches!(&report.problems[0],
+                Problem::SizeMismatch { nar: n, expected, actual, .. }
+                    if n == &nar && *expected == len && *actual == len - 100),
+            "{}",
+            describe(&report)
+        );
+    }
+}
+
+#[test]
+fn missing_nar_is_reported() {
+    let cache = copy_fixture("cache-xz");
+    let [_, mid, _] = hashes();
+    let nar = nar_of(cache.path(), &mid);
+    std::fs::remove_file(&nar).unwrap();
+
+    let report = run_verify(cache.path(), false);
+    let expected = Problem::MissingNar {
+        narinfo: narinfo(cache.path(), &mid),
+        nar,
+    };
+    assert_eq!(report.problems, [expected], "{}", describe(&report));
+}
+
+#[test]
+fn a_missing_reference_breaks_the_closure() {
+    let cache = copy_fixture("cache-xz");
+    let [_, mid, base] = hashes();
+    let base_nar = nar_of(cache.path(), &base);
+    std::fs::remove_file(narinfo(cache.path(), &base)).unwrap();
+
+    let report = run_verify(cache.path(), false);
+    let base_name = manifest()["BASE"].rsplit('/').next().unwrap().to_string();
+    let expected = [
+        Problem::MissingReference {
+            narinfo: narinfo(cache.path(), &mid),
+            reference: base_name,
+        },
+        Problem::StrayNar { file: base_nar },
+    ];
+    assert_eq!(report.problems, expected, "{}", describe(&report));
+    assert!(
+        report.problems[0]
+            .to_string()
+            .contains("closure is incomplete")
+    );
+}
+
+#[test]
+fn a_malformed_narinfo_is_reported_and_its_nar_is_no_stray() {
+    let cache = copy_fixture("cache-signed");
+    let [top, ..] = hashes();
+    let file = narinfo(cache.path(), &top);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let broken = text.replace("NarSize: ", "NarSize: lots");
+    assert_ne!(text, broken);
+    std::fs::write(&file, broken).unwrap();
+
+    let report = run_verify(cache.path(), false);
+    let [Problem::MalformedNarInfo { file: f, reason }] = &report.problems[..] else {
+        panic!("one malformed narinfo expected:\n{}", describe(&report));
+    };
+    assert!(f == &file && reason.contains("NarSize"), "{f:?}: {reason}");
+    assert_eq!(report.narinfos, 3);
+}
+
+#[test]
+fn garbage_narinfos_are_problems_not_crashes() {
+    let cache = copy_fixture("cache-xz");
+    let [top, mid, _] = hashes();
+    // Binary junk, an oversized file, and a good narinfo under another path's name.
+    let junk = cache
+        .path()
+        .join("00000000000000000000000000000000.narinfo");
+    std::fs::write(&junk, [0xff, 0xfe, 0, b'\n']).unwrap();
+    let huge = cache
+        .path()
+        .join("11111111111111111111111111111111.narinfo");
+    std::fs::write(&huge, vec![b'x'; 2 << 20]).unwrap();
+    let misnamed = cache
+        .path()
+        .join("22222222222222222222222222222222.narinfo");
+    std::fs::copy(narinfo(cache.path(), &top), &misnamed).unwrap();
+    let odd_name = cache.path().join("not-a-hash.narinfo");
+    std::fs::copy(narinfo(cache.path(), &mid), &odd_name).unwrap();
+
+    let report = run_verify(cache.path(), false);
+    let files: Vec<&Path> = report.problems.iter().map(|p| p.file()).collect();
+    assert_eq!(
+        files,
+        [&junk, &huge, &misnamed, &odd_name],
+        "{}",
+        describe(&report)
+    );
+    assert!(matches!(report.problems[2], Problem::WrongStorePath { .. }));
+    assert!(describe(&report).contains("not UTF-8"));
+}
+
+#[test]
+fn stray_nars_and_temporaries_are_listed() {
+    let cache = copy_fixture("cache-xz");
+    let root = cache.path();
+    std::fs::write(root.join(STRAY_NAR), b"stray").unwrap();
+    let ours = root.join("nar/.nbc-upload.otherhost.12.0.tmp");
+    let nix = root.join("kkafqq118sd9ik0pwm1z46lb3gj66hih.narinfo.tmp.4242.1");
+    let logs_nix = root.join("log/x.drv.tmp");
+    for f in [&ours, &nix, &logs_nix] {
+        std::fs::write(f, b"partial").unwrap();
+    }
+
+    let report = run_verify(root, false);
+    let expected = [
+        Problem::NixTemporary { file: nix },
+        Problem::NixTemporary { file: logs_nix },
+        Problem::UploadTemporary { file: ours },
+        Problem::StrayNar {
+            file: root.join(STRAY_NAR),
+        },
+    ];
+    assert_eq!(report.problems, expected, "{}", describe(&report));
+    assert!(report.problems[3].to_string().contains("`gc` removes it"));
+}
+
+// ---- gc ----
+
+#[test]
+fn gc_needs_a_limit() {
+    let cache = copy_fixture("cache-xz");
+    let e = gc::plan(cache.path(), &GcPolicy::default(), SystemTime::now()).unwrap_err();
+    assert!(
+        e.to_string().contains("--older-than DAYS or --max-size"),
+        "{e}"
+    );
+}
+
+#[test]
+fn gc_older_than_removes_old_paths_and_their_referrers() {
+    let cache = copy_fixture("cache-xz");
+    let root = cache.path();
+    let [top, mid, base] = hashes();
+    let (top_nar, mid_nar) = (nar_of(root, &top), nar_of(root, &mid));
+    age_path(root, &mid, DAY * 40);
+    let logs = snapshot(&root.join("log"));
+
+    let plan = gc::plan(root, &older_than(30), SystemTime::now()).unwrap();
+    let removed: Vec<(&str, &Reason)> = plan
+        .paths
+        .iter()
+        .map(|p| (p.hash.as_str(), &p.reason))
+        .collect();
+    let referrer = Reason::Referrer { of: mid.clone() };
+    assert_eq!(removed, [(&*top, &referrer), (&*mid, &Reason::Old)]);
+    assert_eq!(plan.paths[0].store_path, manifest()["TOP"]);
+    assert!(plan.strays.is_empty() && plan.skipped.is_empty());
+    let freed: u64 = [
+        &top_nar,
+        &mid_nar,
+        &narinfo(root, &top),
+        &narinfo(root, &mid),
+    ]
+    .iter()
+    .map(|f| std::fs::metadata(f).unwrap().len())
+    .sum();
+    assert_eq!(plan.bytes, freed);
+    assert_eq!(plan.size_after, plan.size_before - freed);
+
+    let outcome = gc::execute(root, &plan).unwrap();
+    assert_eq!(
+        (outcome.narinfos, outcome.nars, outcome.bytes),
+        (2, 2, freed)
+    );
+    assert_eq!((outcome.vanished, outcome.kept), (0, 0));
+    for gone in [narinfo(root, &top), narinfo(root, &mid), top_nar, mid_nar] {
+        assert!(!gone.exists(), "{} should be gone", gone.display());
+    }
+    assert!(narinfo(root, &base).exists() && nar_of(root, &base).exists());
+    assert_eq!(snapshot(&root.join("log")), logs, "logs are left alone");
+    assert_clean(root);
+}
+
+#[test]
+fn gc_older_than_keeps_what_old_paths_reference() {
+    let cache = copy_fixture("cache-xz");
+    let root = cache.path();
+    let [top, ..] = hashes();
+    age_path(root, &top, DAY * 40);
+
+    let plan = gc::plan(root, &older_than(30), SystemTime::now()).unwrap();
+    let removed: Vec<&str> = plan.paths.iter().map(|p| p.hash.as_str()).collect();
+    assert_eq!(removed, [&*top]);
+    gc::execute(root, &plan).unwrap();
+    assert_clean(root);
+    assert_eq!(run_verify(root, false).narinfos, 2);
+}
+
+#[test]
+fn gc_max_size_that_forces_base_out_removes_its_whole_closure() {
+    let cache = copy_fixture("cache-zstd");
+    let root = cache.path();
+    let [top, mid, base] = hashes();
+    age_path(root, &base, DAY * 3);
+    age_path(root, &mid, DAY * 2);
+    age_path(root, &top, DAY);
+    let before = snapshot(root);
+    let cached: u64 = before
+        .iter()
+        .filter(|(p, _)| !p.starts_with(root.join("log")) && !p.ends_with("nix-cache-info"))
+        .map(|(_, (len, _))| len)
+        .sum();
+
+    let policy = GcPolicy {
+        older_than: None,
+        max_size: Some(cached - 1),
+    };
+    let plan = gc::plan(root, &policy, SystemTime::now()).unwrap();
+    assert_eq!(plan.size_before, cached);
+    let removed: Vec<(&str, &Reason)> = plan
+        .paths
+        .iter()
+        .map(|p| (p.hash.as_str(), &p.reason))
+        .collect();
+    let (of_mid, of_base) = (
+        Reason::Referrer { of: mid.clone() },
+        Reason::Referrer { of: base.clone() },
+    );
+    assert_eq!(
+        removed,
+        [
+            (&*top, &of_mid),
+            (&*mid, &of_base),
+            (&*base, &Reason::LeastRecentlyUsed)
+        ],
+        "referrers are deleted before what they reference"
+    );
+    assert!(
+        plan.paths
+            .iter()
+            .all(|p| p.listing.is_some() && p.nar.is_some())
+    );
+    assert_eq!(
+        (plan.bytes, plan.size_after),
+        (cached, 0),
+        "overshoot is reported"
+    );
+
+    let outcome = gc::execute(root, &plan).unwrap();
+    assert_eq!(
+        (outcome.narinfos, outcome.listings, outcome.nars),
+        (3, 3, 3)
+    );
+    assert_eq!(outcome.bytes, cached);
+    assert!(
+        std::fs::read_dir(root.join("nar"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    assert_eq!(snapshot(&root.join("log")).len(), 3);
+    assert_clean(root);
+}
+
+#[test]
+fn gc_max_size_removes_least_recently_used_first() {
+    let cache = copy_fixture("cache-xz");
+    let root = cache.path();
+    let [top, mid, base] = hashes();
+    // TOP is the oldest by mtime, but its NAR was downloaded an hour ago: atime counts.
+    age_path(root, &top, DAY * 10);
+    let t = SystemTime::now() - Duration::from_secs(3600);
+    let top_nar = File::options()
+        .write(true)
+        .open(nar_of(root, &top))
+        .unwrap();
+    top_nar.set_times(FileTimes::new().set_accessed(t)).unwrap();
+    age_path(root, &mid, DAY * 5);
+    age_path(root, &base, DAY * 4);
+
+    let probe = gc::plan(root, &older_than(10_000), SystemTime::now()).unwrap();
+    let policy = GcPolicy {
+        older_than: None,
+        max_size: Some(probe.size_before - 1),
+    };
+    let plan = gc::plan(root, &policy, SystemTime::now()).unwrap();
+    // MID is least recently used; TOP references it, so it goes too. BASE stays.
+    let removed: Vec<&str> = plan.paths.iter().map(|p| p.hash.as_str()).collect();
+    assert_eq!(removed, [&*top, &*mid]);
+    assert!(plan.size_after < probe.size_before);
+    gc::execute(root, &plan).unwrap();
+    assert!(narinfo(root, &base).exists());
+    assert_clean(root);
+}
+
+#[test]
+fn gc_dry_run_deletes_nothing() {
+    let cache = copy_fixture("cache-xz");
+    let root = cache.path();
+    for h in hashes() {
+        age_path(root, &h, DAY * 100);
+    }
+    std::fs::write(root.join(STRAY_NAR), b"stray").unwrap();
+    age(&root.join(STRAY_NAR), DAY);
+    let before = snapshot(root);
+
+    let plan = gc::plan(root, &older_than(30), SystemTime::now()).unwrap();
+    assert_eq!((plan.paths.len(), plan.strays.len()), (3, 1));
+    assert_eq!(snapshot(root), before);
+}
+
+#[test]
+fn gc_removes_stray_nars_but_leaves_logs_young_strays_and_temporaries() {
+    let cache = copy_fixture("cache-xz");
+    let root = cache.path();
+    let stray = root.join(STRAY_NAR);
+    std::fs::write(&stray, b"no narinfo points here").unwrap();
+    age(&stray, Duration::from_secs(2 * 3600));
+    let young = root.join("nar/1111111111111111111111111111111111111111111111111111.nar.xz");
+    std::fs::write(&young, b"an upload whose narinfo is still to come").unwrap();
+    let temp = root.join("nar/.nbc-upload.otherhost.12.0.tmp");
+    std::fs::write(&temp, b"partial").unwrap();
+    age(&temp, DAY * 2);
+    let unrelated_log = root.join("log/00000000000000000000000000000000-unrelated.drv");
+    std::fs::write(&unrelated_log, b"build log").unwrap();
+    age(&unrelated_log, DAY * 400);
+
+    let plan = gc::plan(root, &older_than(30), SystemTime::now()).unwrap();
+    assert!(plan.paths.is_empty());
+    let strays: Vec<&Path> = plan.strays.iter().map(|s| s.path.as_path()).collect();
+    assert_eq!(strays, [&stray]);
+
+    let outcome = gc::execute(root, &plan).unwrap();
+    assert_eq!((outcome.nars, outcome.bytes), (1, 22));
+    assert!(!stray.exists());
+    assert!(young.exists() && temp.exists() && unrelated_log.exists());
+}
+
+#[test]
+fn gc_leaves_malformed_narinfos_and_their_nars_alone() {
+    let cache = copy_fixture("cache-xz");
+    let root = cache.path();
+    let [top, ..] = hashes();
+    let file = narinfo(root, &top);
+    let nar = nar_of(root, &top);
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("NarSize: ", "NarSize: -")).unwrap();
+    age_path(root, &top, DAY * 40);
+
+    let plan = gc::plan(root, &older_than(30), SystemTime::now()).unwrap();
+    assert!(plan.paths.is_empty() && plan.strays.is_empty(), "{plan:?}");
+    assert_eq!(plan.skipped, std::slice::from_ref(&file));
+    gc::execute(root, &plan).unwrap();
+    assert!(file.exists() && nar.exists());
+}
+
+#[test]
+fn gc_execute_takes_vanished_files_in_stride_and_checks_the_root() {
+    let cache = copy_fixture("cache-xz");
+    let root = cache.path();
+    let [top, ..] = hashes();
+    age_path(root, &top, DAY * 40);
+    let plan = gc::plan(root, &older_than(30), SystemTime::now()).unwrap();
+
+    let other = copy_fixture("cache-xz");
+    let e = gc::execute(other.path(), &plan).unwrap_err();
+    assert!(e.to_string().contains("plan was made for"), "{e}");
+
+    std::fs::remove_file(nar_of(root, &top)).unwrap();
+    let outcome = gc::execute(root, &plan).unwrap();
+    assert_eq!(
+        (outcome.narinfos, outcome.nars, outcome.vanished),
+        (1, 0, 1)
+    );
+    assert_clean(root);
+}
