@@ -16,6 +16,8 @@ run:
 test: deps check-fmt clippy build
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+	scripts/check-systemd-units.sh target/debug/nix-binary-cache
+	scripts/fuzz-smoke.sh
 
 ## Install the real Nix client (Debian's nix-bin) when missing; fail clearly when we cannot.
 deps:

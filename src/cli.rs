@@ -56,6 +56,18 @@ pub enum Command {
     Serve(Box<Options>),
     Help,
     Version,
+    /// `verify PATH [--quick]`
+    Verify {
+        root: PathBuf,
+        quick: bool,
+    },
+    /// `gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run]`
+    Gc {
+        root: PathBuf,
+        older_than_days: Option<u64>,
+        max_size: Option<u64>,
+        dry_run: bool,
+    },
 }
 
 pub const HELP: &str = "\
@@ -63,6 +75,8 @@ nix-binary-cache: serve a Nix binary cache directory over HTTP
 
 USAGE:
     nix-binary-cache [OPTIONS] PATH
+    nix-binary-cache verify PATH [--quick]
+    nix-binary-cache gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run]
 
 PATH is a directory written by `nix copy --to file://PATH`.
 
@@ -115,6 +129,12 @@ pub fn parse(
 ) -> Result<Command, UsageError> {
     use lexopt::prelude::*;
 
+    let mut args = args.into_iter().peekable();
+    match args.peek().and_then(|a| a.to_str()) {
+        Some("verify") => return parse_verify(args.skip(1)),
+        Some("gc") => return parse_gc(args.skip(1)),
+        _ => {}
+    }
     let mut root: Option<PathBuf> = None;
     let mut port = env_value(&env, "NIX_BINARY_CACHE_PORT", "port")?;
     let mut bind = env_value(&env, "NIX_BINARY_CACHE_BIND", "bind address")?;
@@ -234,6 +254,59 @@ impl std::str::FromStr for Switch {
             _ => Err(()),
         }
     }
+}
+
+fn parse_verify(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
+    use lexopt::prelude::*;
+    let (mut root, mut quick) = (None, false);
+    let mut parser = lexopt::Parser::from_args(args);
+    let err = |e: lexopt::Error| UsageError(e.to_string());
+    while let Some(arg) = parser.next().map_err(err)? {
+        match arg {
+            Long("quick") => quick = true,
+            Value(v) if root.is_none() => root = Some(PathBuf::from(v)),
+            _ => return Err(err(arg.unexpected())),
+        }
+    }
+    let root = root
+        .ok_or_else(|| UsageError("verify: missing PATH (usage: verify PATH [--quick])".into()))?;
+    Ok(Command::Verify { root, quick })
+}
+
+fn parse_gc(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
+    use lexopt::prelude::*;
+    let (mut root, mut older_than_days, mut max_size, mut dry_run) = (None, None, None, false);
+    let mut parser = lexopt::Parser::from_args(args);
+    let err = |e: lexopt::Error| UsageError(e.to_string());
+    while let Some(arg) = parser.next().map_err(err)? {
+        match arg {
+            Long("older-than") => older_than_days = Some(value(&mut parser, "number of days")?),
+            Long("max-size") => {
+                let text: String = value(&mut parser, "size")?;
+                max_size = Some(parse_size(&text).map_err(UsageError)?);
+            }
+            Long("dry-run") => dry_run = true,
+            Value(v) if root.is_none() => root = Some(PathBuf::from(v)),
+            _ => return Err(err(arg.unexpected())),
+        }
+    }
+    let root = root.ok_or_else(|| {
+        UsageError(
+            "gc: missing PATH (usage: gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run])"
+                .into(),
+        )
+    })?;
+    if older_than_days.is_none() && max_size.is_none() {
+        return Err(UsageError(
+            "gc needs --older-than DAYS or --max-size SIZE (or both)".into(),
+        ));
+    }
+    Ok(Command::Gc {
+        root,
+        older_than_days,
+        max_size,
+        dry_run,
+    })
 }
 
 /// A byte count with an optional binary suffix: `1048576`, `512K`, `512M`, `16G`, `1T`.
@@ -383,6 +456,41 @@ mod tests {
                 && parse_size("G").is_err()
                 && parse_size("99999999T").is_err()
         );
+    }
+
+    #[test]
+    fn subcommands() {
+        assert_eq!(
+            run(&["verify", "/c", "--quick"]),
+            Ok(Command::Verify {
+                root: "/c".into(),
+                quick: true
+            })
+        );
+        assert_eq!(
+            run(&[
+                "gc",
+                "/c",
+                "--older-than",
+                "30",
+                "--max-size",
+                "1G",
+                "--dry-run"
+            ]),
+            Ok(Command::Gc {
+                root: "/c".into(),
+                older_than_days: Some(30),
+                max_size: Some(1 << 30),
+                dry_run: true
+            })
+        );
+        assert!(
+            run(&["gc", "/c"])
+                .unwrap_err()
+                .0
+                .contains("needs --older-than")
+        );
+        assert!(run(&["verify"]).unwrap_err().0.contains("missing PATH"));
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod send;
 pub mod server;
 pub mod signing;
 mod socket;
+pub mod systemd;
 pub mod upload;
 pub mod verify;
 

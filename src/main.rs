@@ -24,7 +24,102 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => fail(&message),
         },
+        Ok(cli::Command::Verify { root, quick }) => run_verify(&root, quick),
+        Ok(cli::Command::Gc {
+            root,
+            older_than_days,
+            max_size,
+            dry_run,
+        }) => run_gc(&root, older_than_days, max_size, dry_run),
         Err(e) => fail(&e.0),
+    }
+}
+
+/// `verify`: exit 0 when the cache is sound, 1 when problems were found, 2 when it cannot run.
+fn run_verify(root: &std::path::Path, quick: bool) -> ExitCode {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let mut last_draw = std::time::Instant::now();
+    let mut progress = |p: nix_binary_cache::verify::Progress| {
+        if tty && last_draw.elapsed().as_millis() > 200 {
+            eprint!(
+                "\rhashing NARs: {}/{} ({} MiB)   ",
+                p.nars_done,
+                p.nars_total,
+                p.bytes_done >> 20
+            );
+            last_draw = std::time::Instant::now();
+        }
+    };
+    let options = nix_binary_cache::verify::VerifyOptions { quick };
+    match nix_binary_cache::verify::verify(root, &options, &mut progress) {
+        Ok(report) => {
+            if tty {
+                eprintln!();
+            }
+            for problem in &report.problems {
+                println!("{problem}");
+            }
+            println!(
+                "{} narinfos checked, {} NARs hashed ({} bytes), {} problems",
+                report.narinfos,
+                report.nars_hashed,
+                report.bytes_hashed,
+                report.problems.len()
+            );
+            if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => fail(&format!("verify {}: {e}", root.display())),
+    }
+}
+
+/// `gc`: prints what goes (and with `--dry-run` stops there).
+fn run_gc(
+    root: &std::path::Path,
+    days: Option<u64>,
+    max_size: Option<u64>,
+    dry_run: bool,
+) -> ExitCode {
+    use nix_binary_cache::gc;
+    let policy = gc::GcPolicy {
+        older_than: days.map(|d| std::time::Duration::from_secs(d * 86400)),
+        max_size,
+    };
+    let plan = match gc::plan(root, &policy, std::time::SystemTime::now()) {
+        Ok(plan) => plan,
+        Err(e) => return fail(&format!("gc {}: {e}", root.display())),
+    };
+    for p in &plan.paths {
+        println!("remove {} ({} bytes): {}", p.store_path, p.bytes, p.reason);
+    }
+    for s in &plan.strays {
+        println!("remove stray {} ({} bytes)", s.path.display(), s.bytes);
+    }
+    println!(
+        "{} paths and {} stray files, {} bytes freed ({} -> {} bytes)",
+        plan.paths.len(),
+        plan.strays.len(),
+        plan.bytes,
+        plan.size_before,
+        plan.size_after
+    );
+    if dry_run {
+        println!("dry run: nothing removed");
+        return ExitCode::SUCCESS;
+    }
+    match gc::execute(root, &plan) {
+        Ok(out) => {
+            println!(
+                "removed {} narinfos, {} NARs, {} listings: {} bytes",
+                out.narinfos, out.nars, out.listings, out.bytes
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("gc {}: {e}", root.display())),
     }
 }
 
@@ -41,7 +136,20 @@ fn serve(options: cli::Options) -> Result<(), String> {
     let signals = block_stop_signals();
 
     let addr = SocketAddr::new(options.bind, options.port);
-    let listener = server::bind(addr).map_err(|e| match e.kind() {
+    let mut passed = nix_binary_cache::systemd::listen_fds().map_err(|e| e.to_string())?;
+    let from_systemd = !passed.is_empty();
+    if passed.len() > 1 {
+        log::warn!(
+            "systemd passed {} sockets; serving the first only",
+            passed.len()
+        );
+    }
+    let listener = if from_systemd {
+        Ok(passed.swap_remove(0))
+    } else {
+        server::bind(addr)
+    };
+    let listener = listener.map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => format!(
             "port {} is already in use on {}",
             options.port, options.bind
@@ -61,6 +169,8 @@ fn serve(options: cli::Options) -> Result<(), String> {
         pool.threads = n;
     }
     let threads = pool.threads;
+    // The socket is systemd's too: shutting it down would break it for the next start.
+    pool.shutdown_listener = !from_systemd;
     pool.ops_endpoints = options.ops == cli::OpsEndpoints::Main;
     if let cli::OpsEndpoints::Separate(addr) = options.ops {
         let listener =
@@ -68,6 +178,7 @@ fn serve(options: cli::Options) -> Result<(), String> {
         server::start_ops_listener(listener, cache.clone()).map_err(|e| e.to_string())?;
         log::info!("/metrics and /health on http://{addr}");
     }
+    let entries = cache.len();
     let running =
         server::start(listener, Mount::new("/", cache), pool).map_err(|e| e.to_string())?;
     log::info!(
@@ -76,7 +187,9 @@ fn serve(options: cli::Options) -> Result<(), String> {
         running.local_addr()
     );
 
+    notify(&format!("READY=1\nSTATUS=serving {entries} narinfos"));
     let signal = wait_for_stop_signal(&signals);
+    notify("STOPPING=1");
     log::info!("received signal {signal}, finishing in-flight requests");
     running.stop();
     log::info!("stopped");
@@ -117,6 +230,13 @@ fn upload_config(options: &cli::Options) -> Result<Option<UploadConfig>, String>
         config.max_concurrent
     );
     Ok(Some(config))
+}
+
+/// Tells systemd (if it started us with NOTIFY_SOCKET) how we are doing.
+fn notify(state: &str) {
+    if let Err(e) = nix_binary_cache::systemd::notify(state) {
+        log::warn!("could not notify systemd: {e}");
+    }
 }
 
 fn init_logging(level: log::LevelFilter, access_log: bool) {

@@ -33,6 +33,8 @@ pub struct PoolConfig {
     pub grace: Duration,
     /// Answer `/metrics` and `/health` on this listener (before the mount's routes).
     pub ops_endpoints: bool,
+    /// Shut the listening socket down on stop; off for sockets systemd passed us.
+    pub shutdown_listener: bool,
 }
 
 impl Default for PoolConfig {
@@ -43,6 +45,7 @@ impl Default for PoolConfig {
             max_transfers: 1024,
             grace: Duration::from_secs(10),
             ops_endpoints: true,
+            shutdown_listener: true,
         }
     }
 }
@@ -71,6 +74,7 @@ pub struct Running {
     workers: Vec<JoinHandle<()>>,
     grace: Duration,
     local_addr: SocketAddr,
+    shutdown_listener: bool,
 }
 
 /// Starts serving `mount` on `listener` with a pool of workers.
@@ -106,6 +110,7 @@ pub fn start(listener: TcpListener, mount: Mount, pool: PoolConfig) -> io::Resul
         workers,
         grace: pool.grace,
         local_addr,
+        shutdown_listener: pool.shutdown_listener,
     })
 }
 
@@ -120,8 +125,10 @@ impl Running {
         let deadline = Instant::now() + self.grace;
         self.stopping.store(true, Ordering::SeqCst);
         // Wakes tiny_http's accept() with an error, which ends its accept loop.
-        // SAFETY: plain shutdown(2) on a descriptor we own.
-        unsafe { libc::shutdown(self.listener_fd.as_raw_fd(), libc::SHUT_RD) };
+        if self.shutdown_listener {
+            // SAFETY: plain shutdown(2) on a descriptor we own.
+            unsafe { libc::shutdown(self.listener_fd.as_raw_fd(), libc::SHUT_RD) };
+        }
         for w in self.workers {
             while !w.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));

@@ -600,3 +600,133 @@ fn metrics_can_move_or_go_and_access_log_can_be_silenced() {
     assert_eq!(request(ops_port, "GET", "/health", &[]).status, 200);
     assert_eq!(request(ops_port, "GET", "/nix-cache-info", &[]).status, 404);
 }
+
+#[test]
+fn socket_activation_and_readiness_notification() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = TempDir::new("notify");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args([
+        "-c",
+        "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$1\" --log-level warn",
+        BIN,
+    ])
+    .arg(fixtures().join("cache-xz"))
+    .env("NOTIFY_SOCKET", &notify_path)
+    .stderr(std::process::Stdio::null());
+    // SAFETY: only dup2 between fork and exec, as socket activation passes fd 3.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep FD_CLOEXEC, so clear the flag explicitly.
+            let ok = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if ok < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut buf = [0u8; 256];
+    let Ok(n) = notify.recv(&mut buf) else {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "no READY=1; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.starts_with("READY=1\n"), "{msg}");
+    drop(listener); // Only the child's copy remains.
+    assert_eq!(request(port, "GET", "/nix-cache-info", &[]).status, 200);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let n = notify.recv(&mut buf).expect("STOPPING=1 from the server");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn verify_and_gc_from_the_command_line() {
+    let out = Command::new(BIN)
+        .args(["verify"])
+        .arg(fixtures().join("cache-xz"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("3 narinfos checked, 3 NARs hashed"),
+        "{stdout}"
+    );
+
+    let dir = copy_fixture("cache-xz");
+    let (_, url, _) = first_narinfo(dir.path());
+    std::fs::write(dir.path().join(&url), b"corrupted").unwrap();
+    let out = Command::new(BIN)
+        .arg("verify")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let before = std::fs::read_dir(dir.path()).unwrap().count();
+    let out = Command::new(BIN)
+        .args(["gc", "--max-size", "0", "--dry-run"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("dry run: nothing removed"),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), before);
+    let out = Command::new(BIN)
+        .args(["gc", "--max-size", "0"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let narinfos = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".narinfo")
+        })
+        .count();
+    assert_eq!(narinfos, 0);
+    let out = Command::new(BIN)
+        .args(["gc"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
