@@ -113,12 +113,19 @@ fn process_alive(pid: i32) -> bool {
     r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// This host's name, from gethostname(2) (works where /proc/sys is hidden, as under systemd's
+/// `ProcSubset=pid`).
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().replace('/', "_"))
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; the kernel writes a NUL-terminated name.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(0);
+    let name = String::from_utf8_lossy(&buf[..len]).replace(['/', '.'], "_");
+    if ok && !name.is_empty() {
+        name
+    } else {
+        "localhost".to_string()
+    }
 }
 
 #[cfg(test)]
