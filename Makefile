@@ -40,5 +40,11 @@ fixture:
 bench:
 	scripts/bench.sh $(BENCH_ARGS)
 
+## Fully static x86_64 binary (glibc, crt-static): target/x86_64-unknown-linux-gnu/static/nix-binary-cache
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile static --target x86_64-unknown-linux-gnu
+	@ldd target/x86_64-unknown-linux-gnu/static/nix-binary-cache || true
+	@ls -l target/x86_64-unknown-linux-gnu/static/nix-binary-cache
+
 clean:
 	$(CARGO) clean
