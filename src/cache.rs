@@ -277,12 +277,7 @@ impl Cache {
             .iter()
             .find(|h| h.field.equiv("Host"))
             .map(|h| h.value.as_str());
-        let info = self
-            .shared
-            .info
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let info = self.shared.info();
         let page = landing::render(&landing::Facts {
             host,
             cache_info: &info.text,
@@ -345,13 +340,7 @@ impl Cache {
                 .header("Cache-Control", max_age::NONE);
         };
         let path = path.split_once('?').map_or(path, |(p, _)| p);
-        let store_dir = self
-            .shared
-            .info
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .store_dir
-            .clone();
+        let store_dir = self.shared.info().store_dir.clone();
         let target = Target {
             root: &self.shared.root,
             store_dir: &store_dir,
@@ -394,12 +383,7 @@ impl Cache {
     }
 
     fn cache_info(&self) -> Response {
-        let info = self
-            .shared
-            .info
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let info = self.shared.info();
         let etag = fnv1a(info.text.as_bytes());
         Response::new(200, Body::bytes(info.text.as_bytes()))
             .header("Content-Type", "text/x-nix-cache-info")
@@ -478,6 +462,11 @@ impl Cache {
 }
 
 impl Shared {
+    /// The current `nix-cache-info` (replaced by rescans and uploads).
+    fn info(&self) -> Arc<CacheInfo> {
+        self.info.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn rescan(&self) -> io::Result<ScanStats> {
         match CacheInfo::load(&self.root, self.priority) {
             Ok(info) => *self.info.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(info),
