@@ -541,7 +541,16 @@ fn metrics_health_and_landing_page() {
         (health.status, health.text().trim()),
         (200, "ok: 3 narinfos indexed")
     );
-    let metrics = server.get("/metrics");
+    // A large body is counted when its transfer thread finishes, just after the client has it.
+    let counted = "nbc_requests_total{kind=\"nar\",status=\"200\"} 1";
+    let mut metrics = server.get("/metrics");
+    for _ in 0..100 {
+        if metrics.text().lines().any(|l| l == counted) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        metrics = server.get("/metrics");
+    }
     assert_eq!(metrics.status, 200);
     assert_eq!(
         metrics.header("Content-Type"),

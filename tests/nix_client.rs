@@ -359,6 +359,24 @@ fn cache_mounted_under_a_prefix_in_another_application() {
     assert!(listing.contains(&m["TOP_SPACED_FILE"]));
 }
 
+/// `nix store verify --sigs-needed 1` of the closure of `top` in the store at `url`,
+/// trusting only `key`.
+fn verify_sigs(nix: &Nix, url: &str, key: &str, top: &str) -> Output {
+    nix.run(&[
+        "store",
+        "verify",
+        "--store",
+        url,
+        "--option",
+        "trusted-public-keys",
+        key,
+        "--sigs-needed",
+        "1",
+        "-r",
+        top,
+    ])
+}
+
 /// A cache directory served with uploads on, signing with the test key.
 struct Writable {
     dir: TempDir,
@@ -448,33 +466,14 @@ fn push_with_nix_copy_to_http_then_pull_with_our_signatures() {
         store.to_str().unwrap(),
         &m["TOP"],
     ]);
-    nix.ok(&[
-        "store",
-        "verify",
-        "--store",
-        &url,
-        "--option",
-        "trusted-public-keys",
-        &m["PUBLIC_KEY"],
-        "--sigs-needed",
-        "1",
-        "-r",
-        &m["TOP"],
-    ]);
+    let out = verify_sigs(&nix, &url, &m["PUBLIC_KEY"], &m["TOP"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let other = "other-cache-1:djNPOTsoQVImLUkw3nZz543GoqomIBYynwySLJ6/yNo=";
-    let out = nix.run(&[
-        "store",
-        "verify",
-        "--store",
-        &url,
-        "--option",
-        "trusted-public-keys",
-        other,
-        "--sigs-needed",
-        "1",
-        "-r",
-        &m["TOP"],
-    ]);
+    let out = verify_sigs(&nix, &url, other, &m["TOP"]);
     assert!(
         !out.status.success(),
         "verification with another key must fail"
@@ -546,19 +545,12 @@ fn two_concurrent_pushes_of_the_same_closure_both_succeed() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    nix.ok(&[
-        "store",
-        "verify",
-        "--store",
-        &url,
-        "--option",
-        "trusted-public-keys",
-        &m["PUBLIC_KEY"],
-        "--sigs-needed",
-        "1",
-        "-r",
-        &m["TOP"],
-    ]);
+    let out = verify_sigs(&nix, &url, &m["PUBLIC_KEY"], &m["TOP"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let leftovers: Vec<_> = std::fs::read_dir(cache.dir.path().join("nar"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
