@@ -175,38 +175,29 @@ fn signed_cache_is_trusted_only_with_its_key() {
     let server = Server::start(&fixtures().join("cache-signed"), &[]);
     let good = format!("trusted-public-keys = {}", m["PUBLIC_KEY"]);
     let store = nix.store("signed");
-    nix.ok(&[
-        "copy",
-        "--option",
-        "require-sigs",
-        "true",
-        "--option",
-        "trusted-public-keys",
+    let out = copy_trusting(
+        &nix,
         &m["PUBLIC_KEY"],
-        "--from",
         &server.url(),
-        "--to",
         store.to_str().unwrap(),
         &m["TOP"],
-    ]);
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(good.contains("test-cache-1:"));
 
     let other = "other-cache-1:djNPOTsoQVImLUkw3nZz543GoqomIBYynwySLJ6/yNo=";
     let refused = nix.store("refused");
-    let out = nix.run(&[
-        "copy",
-        "--option",
-        "require-sigs",
-        "true",
-        "--option",
-        "trusted-public-keys",
+    let out = copy_trusting(
+        &nix,
         other,
-        "--from",
         &server.url(),
-        "--to",
         refused.to_str().unwrap(),
         &m["TOP"],
-    ]);
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("lacks a valid signature"), "{stderr}");
@@ -377,6 +368,24 @@ fn verify_sigs(nix: &Nix, url: &str, key: &str, top: &str) -> Output {
     ])
 }
 
+/// `nix copy` of `path` from `from` into `to` with `require-sigs`, trusting only `key`.
+fn copy_trusting(nix: &Nix, key: &str, from: &str, to: &str, path: &str) -> Output {
+    nix.run(&[
+        "copy",
+        "--option",
+        "require-sigs",
+        "true",
+        "--option",
+        "trusted-public-keys",
+        key,
+        "--from",
+        from,
+        "--to",
+        to,
+        path,
+    ])
+}
+
 /// A cache directory served with uploads on, signing with the test key.
 struct Writable {
     dir: TempDir,
@@ -452,20 +461,18 @@ fn push_with_nix_copy_to_http_then_pull_with_our_signatures() {
 
     // Pulled back into a fresh store, trusting only our key: the signatures are ours.
     let store = nix.store("pulled");
-    nix.ok(&[
-        "copy",
-        "--option",
-        "require-sigs",
-        "true",
-        "--option",
-        "trusted-public-keys",
+    let out = copy_trusting(
+        &nix,
         &m["PUBLIC_KEY"],
-        "--from",
         &url,
-        "--to",
         store.to_str().unwrap(),
         &m["TOP"],
-    ]);
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = verify_sigs(&nix, &url, &m["PUBLIC_KEY"], &m["TOP"]);
     assert!(
         out.status.success(),
