@@ -387,6 +387,36 @@ fn keep_alive_and_pipelining_answer_in_order() {
     assert_eq!(replies[0].header("Connection"), Some("close"));
 }
 
+/// A burst of keep-alive connections opened at once must all be answered while every one of
+/// them stays open. tiny_http 0.12's connection pool could leave a connection queued behind
+/// busy ones (see vendor/tiny_http/PATCHES.md): it then waited until another client hung up.
+#[test]
+fn a_burst_of_open_connections_is_answered_at_once() {
+    use std::io::{Read, Write};
+    let root = fixtures().join("cache-xz");
+    let server = Server::start(&root, &[]);
+    for round in 0..5 {
+        let mut conns: Vec<std::net::TcpStream> = (0..24)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap())
+            .collect();
+        for c in &mut conns {
+            c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            c.write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+        }
+        for (i, c) in conns.iter_mut().enumerate() {
+            let mut head = [0u8; 12];
+            let got = c.read_exact(&mut head);
+            assert!(
+                got.is_ok() && head.starts_with(b"HTTP/1.1 200"),
+                "round {round}, connection {i} of 24 was not answered within 3 s: {got:?}"
+            );
+        }
+        // Every connection is still open here: none could free a thread for another.
+        drop(conns);
+    }
+}
+
 #[test]
 fn large_nar_streams_with_flat_memory() {
     let dir = copy_fixture("cache-xz");
