@@ -27,6 +27,7 @@ pub struct Options {
     /// Where `/metrics` and `/health` are answered.
     pub ops: OpsEndpoints,
     pub access_log: bool,
+    pub timeouts: nix_binary_cache::reaper::Timeouts,
 }
 
 /// Where the operator endpoints live.
@@ -105,6 +106,12 @@ OPTIONS:
                                                                       (NIX_BINARY_CACHE_MAX_UPLOADS)
         --metrics WHERE         /metrics and /health: `main` (on PORT), `off`, or ADDR:PORT to
                                 serve them only there [default: main]   (NIX_BINARY_CACHE_METRICS)
+        --header-timeout SECS   close a connection that has not sent a whole request in SECS
+                                [default: 30]                 (NIX_BINARY_CACHE_HEADER_TIMEOUT)
+        --idle-timeout SECS     close a keep-alive connection idle for SECS [default: 60]
+                                                                (NIX_BINARY_CACHE_IDLE_TIMEOUT)
+        --stall-timeout SECS    abort a download whose client reads nothing for SECS
+                                [default: 60]                  (NIX_BINARY_CACHE_STALL_TIMEOUT)
         --access-log on|off     one log line per request [default: on] (NIX_BINARY_CACHE_ACCESS_LOG)
     -h, --help                  print this help
     -V, --version               print the version
@@ -161,6 +168,12 @@ pub fn parse(
         None => None,
     };
     let mut max_uploads = env_value(&env, "NIX_BINARY_CACHE_MAX_UPLOADS", "upload count")?;
+    let mut header_timeout: Option<u64> =
+        env_value(&env, "NIX_BINARY_CACHE_HEADER_TIMEOUT", "timeout")?;
+    let mut idle_timeout: Option<u64> =
+        env_value(&env, "NIX_BINARY_CACHE_IDLE_TIMEOUT", "timeout")?;
+    let mut stall_timeout: Option<u64> =
+        env_value(&env, "NIX_BINARY_CACHE_STALL_TIMEOUT", "timeout")?;
     let mut ops = env_value(
         &env,
         "NIX_BINARY_CACHE_METRICS",
@@ -190,6 +203,9 @@ pub fn parse(
                 let text: String = value(&mut parser, "size")?;
                 max_upload_size = Some(parse_size(&text).map_err(UsageError)?);
             }
+            Long("header-timeout") => header_timeout = Some(value(&mut parser, "timeout")?),
+            Long("idle-timeout") => idle_timeout = Some(value(&mut parser, "timeout")?),
+            Long("stall-timeout") => stall_timeout = Some(value(&mut parser, "timeout")?),
             Long("max-uploads") => max_uploads = Some(value(&mut parser, "upload count")?),
             Long("metrics") => {
                 ops = Some(value(
@@ -239,6 +255,17 @@ pub fn parse(
         max_uploads,
         ops: ops.unwrap_or(OpsEndpoints::Main),
         access_log: access_log.is_none_or(|s| s.0),
+        timeouts: {
+            let d = nix_binary_cache::reaper::Timeouts::default();
+            let secs = |v: Option<u64>, default: Duration| {
+                v.map_or(default, |s| Duration::from_secs(s.max(1)))
+            };
+            nix_binary_cache::reaper::Timeouts {
+                header: secs(header_timeout, d.header),
+                idle: secs(idle_timeout, d.idle),
+                stall: secs(stall_timeout, d.stall),
+            }
+        },
     })))
 }
 

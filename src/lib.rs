@@ -34,6 +34,7 @@ mod mount;
 pub mod narinfo;
 pub mod nix32;
 pub mod range;
+pub mod reaper;
 mod response;
 pub mod route;
 pub mod send;

@@ -172,6 +172,7 @@ fn serve(options: cli::Options) -> Result<(), String> {
     // The socket is systemd's too: shutting it down would break it for the next start.
     pool.shutdown_listener = !from_systemd;
     pool.ops_endpoints = options.ops == cli::OpsEndpoints::Main;
+    pool.timeouts = options.timeouts;
     if let cli::OpsEndpoints::Separate(addr) = options.ops {
         let listener =
             server::bind(addr).map_err(|e| format!("cannot listen for /metrics on {addr}: {e}"))?;

@@ -17,6 +17,7 @@ use tiny_http::Request;
 use crate::cache::Cache;
 use crate::metrics::Kind;
 use crate::mount::Mount;
+use crate::reaper::{Reaper, Timeouts};
 use crate::response::{Body, Response};
 
 /// Bodies at least this large go out on a transfer thread.
@@ -35,6 +36,8 @@ pub struct PoolConfig {
     pub ops_endpoints: bool,
     /// Shut the listening socket down on stop; off for sockets systemd passed us.
     pub shutdown_listener: bool,
+    /// When quiet connections and stalled transfers are cut off.
+    pub timeouts: Timeouts,
 }
 
 impl Default for PoolConfig {
@@ -46,6 +49,7 @@ impl Default for PoolConfig {
             grace: Duration::from_secs(10),
             ops_endpoints: true,
             shutdown_listener: true,
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -87,6 +91,9 @@ pub fn start(listener: TcpListener, mount: Mount, pool: PoolConfig) -> io::Resul
     let stopping = Arc::new(AtomicBool::new(false));
     let transfers = Arc::new(AtomicUsize::new(0));
     let mount = Arc::new(mount);
+    let reaper = Reaper::new(local_addr.port(), pool.timeouts);
+    reaper.start();
+    crate::socket::set_stall_timeout(pool.timeouts.stall);
     let workers = (0..pool.threads.max(1))
         .map(|i| {
             let worker = Worker {
@@ -96,6 +103,7 @@ pub fn start(listener: TcpListener, mount: Mount, pool: PoolConfig) -> io::Resul
                 transfers: transfers.clone(),
                 max_transfers: pool.max_transfers,
                 ops_endpoints: pool.ops_endpoints,
+                reaper: reaper.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
@@ -152,6 +160,7 @@ struct Worker {
     transfers: Arc<AtomicUsize>,
     max_transfers: usize,
     ops_endpoints: bool,
+    reaper: Arc<Reaper>,
 }
 
 impl Worker {
@@ -175,6 +184,8 @@ impl Worker {
     }
 
     fn handle(&self, request: Request, close: bool) {
+        // Marks the connection busy for the reaper until the response is written.
+        let busy = request.remote_addr().map(|peer| self.reaper.begin(*peer));
         if self.ops_endpoints
             && let Some(response) = ops_response(self.mount.cache(), request.url())
         {
@@ -192,7 +203,10 @@ impl Worker {
             let (cache, path) = (cache.clone(), path.into_owned());
             let spawned = std::thread::Builder::new()
                 .name("upload".into())
-                .spawn(move || cache.serve(request, &path, close));
+                .spawn(move || {
+                    cache.serve(request, &path, close);
+                    drop(busy);
+                });
             if let Err(e) = spawned {
                 log::error!("could not start an upload thread: {e}");
             }
@@ -210,6 +224,7 @@ impl Worker {
                 .spawn(move || {
                     cache.respond(request, response, close, start, kind);
                     transfers.fetch_sub(1, Ordering::SeqCst);
+                    drop(busy);
                 });
             if let Err(e) = spawned {
                 // The request went down with the closure, which makes tiny_http answer 500.

@@ -14,9 +14,18 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Last descriptor seen for each peer, so that a keep-alive connection is found without a scan.
 static KNOWN: Mutex<Option<HashMap<SocketAddr, RawFd>>> = Mutex::new(None);
+
+/// Seconds a transfer may make no progress before it is aborted (SO_SNDTIMEO).
+static STALL_SECS: AtomicU64 = AtomicU64::new(60);
+
+/// Sets how long a client may read nothing before its transfer is aborted.
+pub fn set_stall_timeout(timeout: std::time::Duration) {
+    STALL_SECS.store(timeout.as_secs().max(1), Ordering::Relaxed);
+}
 
 /// Upper bound on remembered peers; past it the memo starts afresh.
 const MAX_KNOWN: usize = 4096;
@@ -89,6 +98,8 @@ pub fn send_head_and_file(
     offset: u64,
     len: u64,
 ) -> io::Result<u64> {
+    let stall = std::time::Duration::from_secs(STALL_SECS.load(Ordering::Relaxed));
+    socket.set_write_timeout(Some(stall))?;
     send_more(socket, head)?;
     sendfile_all(socket, file, offset, len)?;
     Ok(len)

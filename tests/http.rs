@@ -769,3 +769,61 @@ fn verify_and_gc_from_the_command_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn slow_and_idle_connections_are_closed_and_do_not_delay_others() {
+    use std::io::{Read, Write};
+    let root = fixtures().join("cache-xz");
+    let (hash, _, _) = first_narinfo(&root);
+    let server = Server::start(&root, &["--header-timeout", "1", "--idle-timeout", "2"]);
+    // 200 connections that start a request and never finish it.
+    let mut slow: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            s.write_all(b"GET /nix-cache-info HTTP/1.1\r\nHo").unwrap();
+            s
+        })
+        .collect();
+    // A keep-alive client that makes one request, then goes quiet.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(idle, "GET /nix-cache-info HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut first = [0u8; 64];
+    let _ = idle.read(&mut first).unwrap();
+
+    let start = Instant::now();
+    assert_eq!(server.get(&format!("/{hash}.narinfo")).status, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "fresh request took {:?}",
+        start.elapsed()
+    );
+
+    // All are closed by the server within their timeouts plus a sweep or two.
+    let deadline = Duration::from_secs(6);
+    for s in slow.iter_mut().chain(std::iter::once(&mut idle)) {
+        s.set_read_timeout(Some(deadline)).unwrap();
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break false;
+                }
+                Err(_) => break true, // Reset by the server.
+                Ok(_) => continue,    // A 408 or the rest of a response may come first.
+            }
+        };
+        assert!(closed, "connection still open after {deadline:?}");
+    }
+    assert!(
+        start.elapsed() < deadline + Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(server.get("/nix-cache-info").status, 200, "still serving");
+}
