@@ -135,27 +135,9 @@ fn serve(options: cli::Options) -> Result<(), String> {
     // only `wait_for_stop_signal` below receives them.
     let signals = block_stop_signals();
 
-    let addr = SocketAddr::new(options.bind, options.port);
-    let mut passed = nix_binary_cache::systemd::listen_fds().map_err(|e| e.to_string())?;
-    let from_systemd = !passed.is_empty();
-    if passed.len() > 1 {
-        log::warn!(
-            "systemd passed {} sockets; serving the first only",
-            passed.len()
-        );
-    }
-    let listener = if from_systemd {
-        Ok(passed.swap_remove(0))
-    } else {
-        server::bind(addr)
-    };
-    let listener = listener.map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => format!(
-            "port {} is already in use on {}",
-            options.port, options.bind
-        ),
-        _ => format!("cannot listen on {addr}: {e}"),
-    })?;
+    raise_open_file_limit();
+    let listeners = listeners(&options)?;
+    let from_systemd = listeners.from_systemd;
 
     let mut config = Config::new(&options.root);
     config.priority = options.priority;
@@ -180,21 +162,81 @@ fn serve(options: cli::Options) -> Result<(), String> {
         log::info!("/metrics and /health on http://{addr}");
     }
     let entries = cache.len();
-    let running =
-        server::start(listener, Mount::new("/", cache), pool).map_err(|e| e.to_string())?;
-    log::info!(
-        "serving {} on http://{} with {threads} workers",
-        options.root.display(),
-        running.local_addr()
-    );
+    let mount = Mount::new("/", cache);
+    let mut running = Vec::new();
+    for listener in listeners.sockets {
+        let server = server::start(listener, mount.clone(), pool.clone());
+        let server = server.map_err(|e| e.to_string())?;
+        log::info!(
+            "serving {} on http://{} with {threads} workers",
+            options.root.display(),
+            server.local_addr()
+        );
+        running.push(server);
+    }
 
     notify(&format!("READY=1\nSTATUS=serving {entries} narinfos"));
     let signal = wait_for_stop_signal(&signals);
     notify("STOPPING=1");
     log::info!("received signal {signal}, finishing in-flight requests");
-    running.stop();
+    std::thread::scope(|s| {
+        for server in running {
+            s.spawn(move || server.stop());
+        }
+    });
     log::info!("stopped");
     Ok(())
+}
+
+/// The sockets to serve: every one systemd passed (a `.socket` unit may list several
+/// `ListenStream=`), or the one from `--bind`/`--port`.
+struct Listeners {
+    sockets: Vec<std::net::TcpListener>,
+    from_systemd: bool,
+}
+
+fn listeners(options: &cli::Options) -> Result<Listeners, String> {
+    let passed = nix_binary_cache::systemd::listen_fds().map_err(|e| e.to_string())?;
+    if !passed.is_empty() {
+        return Ok(Listeners {
+            sockets: passed,
+            from_systemd: true,
+        });
+    }
+    let addr = SocketAddr::new(options.bind, options.port);
+    let socket = server::bind(addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "port {} is already in use on {}",
+            options.port, options.bind
+        ),
+        _ => format!("cannot listen on {addr}: {e}"),
+    })?;
+    Ok(Listeners {
+        sockets: vec![socket],
+        from_systemd: false,
+    })
+}
+
+/// Every connection holds a descriptor (two while a file is sent), and distributions start
+/// services with a soft limit of 1024: take the hard limit, as nginx's
+/// `worker_rlimit_nofile` would.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            log::debug!("open file limit raised from {before} to {}", limit.rlim_max);
+        }
+    }
 }
 
 /// Reads every secret key; any problem stops the start (a key silently ignored would leave

@@ -48,7 +48,8 @@ struct Activity {
 pub struct Reaper {
     shards: [Mutex<HashMap<SocketAddr, Activity>>; SHARDS],
     timeouts: Timeouts,
-    port: u16,
+    /// The listening address whose connections are ours.
+    listening: SocketAddr,
 }
 
 /// Held while a request is answered; dropping it marks the request done.
@@ -68,12 +69,12 @@ impl Drop for InFlight {
 }
 
 impl Reaper {
-    /// A reaper for the connections accepted on local `port`.
-    pub fn new(port: u16, timeouts: Timeouts) -> Arc<Reaper> {
+    /// A reaper for the connections accepted on the socket listening on `listening`.
+    pub fn new(listening: SocketAddr, timeouts: Timeouts) -> Arc<Reaper> {
         Arc::new(Reaper {
             shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             timeouts,
-            port,
+            listening,
         })
     }
 
@@ -126,7 +127,7 @@ impl Reaper {
             let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
                 continue;
             };
-            if local.port() != self.port {
+            if !self.accepted_on_our_listener(local) {
                 continue;
             }
             alive.push(inode);
@@ -148,6 +149,16 @@ impl Reaper {
         }
         seen.retain(|inode, _| alive.contains(inode));
         self.forget_old_peers(now);
+    }
+
+    /// Whether a connection with this local address came through our listener, and not through
+    /// another server in this process (systemd may pass `0.0.0.0:80` and `[::]:80` both).
+    /// An IPv6 listener's IPv4 clients show up as IPv4-mapped IPv6 addresses.
+    fn accepted_on_our_listener(&self, local: SocketAddr) -> bool {
+        let ours = self.listening;
+        local.port() == ours.port()
+            && local.is_ipv6() == ours.is_ipv6()
+            && (ours.ip().is_unspecified() || local.ip() == ours.ip())
     }
 
     /// Drops bookkeeping for addresses that have been done for a long time.
@@ -180,7 +191,7 @@ fn sockets() -> Vec<(RawFd, u64)> {
 
 fn dup(fd: RawFd) -> Option<TcpStream> {
     // SAFETY: the descriptor is only borrowed for F_DUPFD_CLOEXEC; a closed one fails with
-    // EBADF, and a reused number is caught by the port check on the duplicate.
+    // EBADF, and a reused number is caught by the address check on the duplicate.
     let owned = unsafe { BorrowedFd::borrow_raw(fd) }
         .try_clone_to_owned()
         .ok()?;
@@ -196,14 +207,15 @@ mod tests {
     #[test]
     fn closes_quiet_connections_and_spares_busy_ones() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let listening = listener.local_addr().unwrap();
+        let port = listening.port();
         let short = Duration::from_millis(100);
         let timeouts = Timeouts {
             header: short,
             idle: short,
             stall: Duration::from_secs(1),
         };
-        let reaper = Reaper::new(port, timeouts);
+        let reaper = Reaper::new(listening, timeouts);
 
         let mut quiet = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (_quiet_server_side, _) = listener.accept().unwrap();
@@ -229,5 +241,18 @@ mod tests {
             std::io::ErrorKind::WouldBlock,
             "busy connection kept"
         );
+    }
+
+    #[test]
+    fn tells_its_own_listeners_connections_apart() {
+        let v6_any = Reaper::new("[::]:80".parse().unwrap(), Timeouts::default());
+        assert!(v6_any.accepted_on_our_listener("[::ffff:127.0.0.1]:80".parse().unwrap()));
+        assert!(v6_any.accepted_on_our_listener("[::1]:80".parse().unwrap()));
+        assert!(!v6_any.accepted_on_our_listener("127.0.0.1:80".parse().unwrap()));
+        assert!(!v6_any.accepted_on_our_listener("[::1]:81".parse().unwrap()));
+        let v4_one = Reaper::new("127.0.0.1:80".parse().unwrap(), Timeouts::default());
+        assert!(v4_one.accepted_on_our_listener("127.0.0.1:80".parse().unwrap()));
+        assert!(!v4_one.accepted_on_our_listener("127.0.0.2:80".parse().unwrap()));
+        assert!(!v4_one.accepted_on_our_listener("[::ffff:127.0.0.1]:80".parse().unwrap()));
     }
 }

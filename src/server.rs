@@ -91,7 +91,7 @@ pub fn start(listener: TcpListener, mount: Mount, pool: PoolConfig) -> io::Resul
     let stopping = Arc::new(AtomicBool::new(false));
     let transfers = Arc::new(AtomicUsize::new(0));
     let mount = Arc::new(mount);
-    let reaper = Reaper::new(local_addr.port(), pool.timeouts);
+    let reaper = Reaper::new(local_addr, pool.timeouts);
     reaper.start();
     crate::socket::set_stall_timeout(pool.timeouts.stall);
     let workers = (0..pool.threads.max(1))

@@ -644,35 +644,45 @@ fn metrics_can_move_or_go_and_access_log_can_be_silenced() {
 fn socket_activation_and_readiness_notification() {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
+    // Two sockets, as a .socket unit with two ListenStream= lines passes them.
+    let listeners: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
     let dir = TempDir::new("notify");
     let notify_path = dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let fd = listener.as_raw_fd();
+    let fds = [listeners[0].as_raw_fd(), listeners[1].as_raw_fd()];
     let mut cmd = Command::new("/bin/sh");
     cmd.args([
         "-c",
-        "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$1\" --log-level warn",
+        "LISTEN_PID=$$ LISTEN_FDS=2 exec \"$0\" \"$1\" --log-level warn",
         BIN,
     ])
     .arg(fixtures().join("cache-xz"))
     .env("NOTIFY_SOCKET", &notify_path)
     .stderr(std::process::Stdio::null());
-    // SAFETY: only dup2 between fork and exec, as socket activation passes fd 3.
+    // SAFETY: only dup2/close between fork and exec: socket activation passes fds 3 and 4.
+    // Going through 100 and 101 keeps either source from being overwritten before it is
+    // copied, and dup2 leaves the copies without FD_CLOEXEC.
     unsafe {
         cmd.pre_exec(move || {
-            // dup2 onto itself would keep FD_CLOEXEC, so clear the flag explicitly.
-            let ok = if fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(fd, 3)
-            };
-            if ok < 0 {
-                return Err(std::io::Error::last_os_error());
+            for (i, fd) in fds.into_iter().enumerate() {
+                if libc::dup2(fd, 100 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for i in 0..2 {
+                if libc::dup2(100 + i, 3 + i) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(100 + i);
             }
             Ok(())
         });
@@ -689,8 +699,10 @@ fn socket_activation_and_readiness_notification() {
     };
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(msg.starts_with("READY=1\n"), "{msg}");
-    drop(listener); // Only the child's copy remains.
-    assert_eq!(request(port, "GET", "/nix-cache-info", &[]).status, 200);
+    drop(listeners); // Only the child's copies remain.
+    for port in ports {
+        assert_eq!(request(port, "GET", "/nix-cache-info", &[]).status, 200);
+    }
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
