@@ -183,7 +183,7 @@ impl Target<'_> {
             )));
         }
         let mut hasher = Sha256::new();
-        let bytes = self.store_file_hashing(rel, body, limit, &mut hasher, |digest| {
+        let bytes = self.store_file_hashing(rel, body, limit, true, &mut hasher, |digest| {
             let actual = nix32::encode(digest);
             if actual == stem {
                 Ok(())
@@ -206,16 +206,18 @@ impl Target<'_> {
         limit: u64,
         check: impl FnOnce(&[u8]) -> Result<(), UploadError>,
     ) -> Result<u64, UploadError> {
-        self.store_file_hashing(rel, body, limit, &mut Sha256::new(), check)
+        self.store_file_hashing(rel, body, limit, false, &mut Sha256::new(), check)
     }
 
     /// Streams `body` into a temporary beside `rel`, hashing it, and commits it if `check`
-    /// accepts the digest.
+    /// accepts the digest. A `content_addressed` file (named by its hash, which `check`
+    /// verified) that is already in place is left as it is.
     fn store_file_hashing(
         &self,
         rel: &str,
         body: &mut dyn Read,
         limit: u64,
+        content_addressed: bool,
         hasher: &mut Sha256,
         check: impl FnOnce(&[u8]) -> Result<(), UploadError>,
     ) -> Result<u64, UploadError> {
@@ -239,6 +241,11 @@ impl Target<'_> {
             temp.file().write_all(&buf[..n])?;
         }
         check(&hasher.finalize_reset())?;
+        if content_addressed && crate::files::version(&target)?.is_some_and(|v| v.len == total) {
+            // The name is the content's hash, just checked: the file there is this one.
+            // Keeping it spares readers (on NFS, other hosts' open downloads) a replaced file.
+            return Ok(total);
+        }
         temp.commit(&target)?;
         Ok(total)
     }
@@ -333,6 +340,32 @@ mod tests {
             files_in(&root),
             vec![format!("{hash}.narinfo"), "nar".into()]
         );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_nar_already_stored_is_kept_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let root = scratch("again");
+        let t = target(&root);
+        let nar = b"the same nar twice".to_vec();
+        let name = nar_name(&nar);
+        let upload = || {
+            t.store(&format!("/{name}"), None, &mut &nar[..]).unwrap();
+            std::fs::metadata(root.join(&name)).unwrap().ino()
+        };
+        let first = upload();
+        // Same inode: a download already reading the first copy is not cut off by a rename.
+        assert_eq!(upload(), first);
+        assert_eq!(
+            files_in(&root.join("nar")),
+            vec![name.trim_start_matches("nar/")]
+        );
+        // A damaged copy (wrong length) is replaced by the verified upload.
+        std::fs::write(root.join(&name), b"short").unwrap();
+        let replaced = upload();
+        assert_eq!(std::fs::read(root.join(&name)).unwrap(), nar);
+        assert_ne!(replaced, first);
         std::fs::remove_dir_all(root).unwrap();
     }
 
