@@ -419,6 +419,11 @@ impl Cache {
         }
         let (file, meta) = match files::open_regular(&path) {
             Ok(Some(found)) => found,
+            // Only a pusher (HEAD before PUT) or a client of a damaged cache asks for a NAR
+            // that is not here; a proxy keeping that answer would hide the NAR once pushed.
+            Ok(None) if kind == FileKind::Nar => {
+                return Ok(not_found().header("Cache-Control", max_age::NONE));
+            }
             Ok(None) => return Ok(not_found()),
             Err(e) if is_denied(&e) => return Ok(denied(rel, &e)),
             Err(e) => return Err(e),

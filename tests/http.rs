@@ -117,6 +117,12 @@ fn nar_is_served_whole_with_caching_headers() {
         &format!("GET /{url} 200 {} ", bytes.len()),
         Duration::from_secs(2)
     ));
+    // A missing NAR is asked for by pushers just before they upload it: no proxy may keep
+    // that 404, or the NAR stays hidden behind it once pushed.
+    let missing = format!("/nar/{}.nar.xz", "0".repeat(52));
+    let r = server.get(&missing);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("Cache-Control"), Some("no-store"));
 }
 
 #[test]
