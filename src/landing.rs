@@ -48,7 +48,7 @@ pub fn render(f: &Facts) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Nix binary cache</title>\
 <style>body{{font-family:sans-serif;max-width:46em;margin:2em auto;padding:0 1em;color:#222}}\
-pre{{background:#f4f4f4;padding:.8em;overflow-x:auto}}td{{padding:.2em 1em .2em 0}}</style></head>\
+pre{{background:#f4f4f4;padding:.8em;white-space:pre-wrap;overflow-wrap:anywhere}}td{{padding:.2em 1em .2em 0}}</style></head>\
 <body><h1>Nix binary cache</h1>\
 <p>This server holds prebuilt Nix store paths. Point Nix at it as a substituter.</p>\
 <table><tr><td>Store paths</td><td id=\"paths\">{paths}</td></tr>\
