@@ -4,7 +4,7 @@ CARGO ?= cargo
 PORT ?= 8080
 CACHE ?= tests/fixtures/cache-signed
 
-.PHONY: run test deps check-fmt clippy unit build fixture bench static clean
+.PHONY: run test deps check-fmt clippy unit build fixture bench static soak replicas clean
 
 ## Serve the small real cache shipped in the repo (signed with tests/fixtures/keys/test-key.pub).
 run:
@@ -17,6 +17,8 @@ test: deps check-fmt clippy build
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 	scripts/check-systemd-units.sh target/debug/nix-binary-cache
+	scripts/check-landing.sh target/debug/nix-binary-cache
+	NBC_BIN=target/debug/nix-binary-cache scripts/replicas-test.sh --quick
 	scripts/fuzz-smoke.sh
 
 ## Install the real Nix client (Debian's nix-bin) when missing; fail clearly when we cannot.
@@ -39,6 +41,16 @@ fixture:
 ## Side-by-side benchmark against nginx on the same synthetic cache (not part of `make test`).
 bench:
 	scripts/bench.sh $(BENCH_ARGS)
+
+## Ten minutes of mixed load with uploads and a concurrent `nix copy --to file://` (not in `make test`).
+soak:
+	$(CARGO) build --release
+	scripts/soak.sh $(SOAK_ARGS) target/release/nix-binary-cache
+
+## nginx in front of two replicas, driven by the real Nix client (the full version; `make test` runs --quick).
+replicas:
+	$(CARGO) build --release
+	NBC_BIN=target/release/nix-binary-cache scripts/replicas-test.sh
 
 ## Fully static x86_64 binary (glibc, crt-static): target/x86_64-unknown-linux-gnu/static/nix-binary-cache
 static:
