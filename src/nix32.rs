@@ -12,8 +12,25 @@ pub const SHA256_LEN: usize = 52;
 
 /// The value of one nix32 digit, or `None` for a character outside the alphabet.
 fn digit(c: u8) -> Option<u8> {
-    ALPHABET.iter().position(|&a| a == c).map(|p| p as u8)
+    match DIGITS[c as usize] {
+        NOT_A_DIGIT => None,
+        d => Some(d),
+    }
 }
+
+const NOT_A_DIGIT: u8 = 0xff;
+
+/// The value of each byte as a nix32 digit, built at compile time: every narinfo read and every
+/// request checks 32 to 52 characters, so a lookup beats searching the alphabet.
+const DIGITS: [u8; 256] = {
+    let mut table = [NOT_A_DIGIT; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// True if every byte is a nix32 digit.
 pub fn is_nix32(s: &[u8]) -> bool {
@@ -74,6 +91,14 @@ pub fn store_hash_key(s: &str) -> Option<[u8; 20]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digit_table_matches_the_alphabet() {
+        for c in 0..=255u8 {
+            let expected = ALPHABET.iter().position(|&a| a == c).map(|p| p as u8);
+            assert_eq!(digit(c), expected, "byte {c}");
+        }
+    }
 
     #[test]
     fn round_trips_sha256_length() {
