@@ -86,7 +86,8 @@ pub struct Index {
 enum LoadError {
     Absent,
     Io(io::Error),
-    Malformed(String),
+    /// Why, and the version of the file that said so.
+    Malformed(String, Version),
 }
 
 impl Index {
@@ -152,7 +153,7 @@ impl Index {
                 self.write_map().remove(&key);
                 Ok(Lookup::Missing)
             }
-            Err(LoadError::Malformed(why)) => {
+            Err(LoadError::Malformed(why, _)) => {
                 self.write_map().remove(&key);
                 log::warn!("{}: skipped, malformed narinfo: {why}", path.display());
                 Ok(Lookup::Missing)
@@ -192,17 +193,19 @@ impl Index {
         let (mut file, meta) = files::open_regular(path)
             .map_err(LoadError::Io)?
             .ok_or(LoadError::Absent)?;
+        let version = Version::of(&meta);
         let mut text = String::with_capacity(meta.len() as usize);
         file.read_to_string(&mut text).map_err(|e| match e.kind() {
-            io::ErrorKind::InvalidData => LoadError::Malformed("not UTF-8".into()),
+            io::ErrorKind::InvalidData => LoadError::Malformed("not UTF-8".into(), version),
             _ => LoadError::Io(e),
         })?;
-        let info = NarInfo::parse(&text, &self.store_dir).map_err(|e| LoadError::Malformed(e.0))?;
+        let info = NarInfo::parse(&text, &self.store_dir)
+            .map_err(|e| LoadError::Malformed(e.0, version))?;
         if info.store_hash() != hash {
-            return Err(LoadError::Malformed(format!(
-                "StorePath {} does not match the file name",
-                info.store_path
-            )));
+            return Err(LoadError::Malformed(
+                format!("StorePath {} does not match the file name", info.store_path),
+                version,
+            ));
         }
         let file_size = info.file_size.unwrap_or(0);
         let raw: Arc<[u8]> = Arc::from(text.into_bytes());
@@ -213,7 +216,7 @@ impl Index {
         }
         Ok(Arc::new(Entry {
             raw,
-            version: Version::of(&meta),
+            version,
             file_size,
             served,
         }))
@@ -255,23 +258,24 @@ impl Index {
     fn scan_one(&self, hash: &str) -> Option<(Key, Option<Arc<Entry>>, bool)> {
         let key = nix32::store_hash_key(hash)?;
         let path = self.path_of(hash);
-        let version = match files::version(&path) {
-            Ok(Some(v)) => v,
-            Ok(None) => return None,
-            Err(e) => {
-                log::warn!("{}: skipped: {e}", path.display());
-                return Some((key, None, false));
+        let old = self.read_map().get(&key).cloned();
+        // Only an entry we already hold needs the extra `lstat`: a new file is simply read (its
+        // version comes from the open file), which keeps the first scan to one path lookup.
+        if let Some(old) = old {
+            match files::version(&path) {
+                Ok(Some(v)) if v == old.version => return Some((key, Some(old), true)),
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(e) => {
+                    log::warn!("{}: skipped: {e}", path.display());
+                    return Some((key, None, false));
+                }
             }
-        };
-        if let Some(old) = self.read_map().get(&key)
-            && old.version == version
-        {
-            return Some((key, Some(old.clone()), true));
         }
         match self.load(hash, &path) {
             Ok(entry) => Some((key, Some(entry), false)),
             Err(LoadError::Absent) => None,
-            Err(LoadError::Malformed(why)) => {
+            Err(LoadError::Malformed(why, version)) => {
                 let mut broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
                 if broken.insert(key, version) != Some(version) {
                     log::warn!("{}: skipped, malformed narinfo: {why}", path.display());
