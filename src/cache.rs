@@ -489,12 +489,26 @@ fn start_rescans(shared: Weak<Shared>, interval: Duration) {
     let spawned = std::thread::Builder::new()
         .name("rescan".into())
         .spawn(move || {
+            // Background rescans must never make a request wait: they run on one thread at
+            // low priority (the first scan, at startup, still uses every core).
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|_| "rescan-worker".into())
+                .start_handler(|_| lower_thread_priority())
+                .build();
+            let pool = match pool {
+                Ok(pool) => pool,
+                Err(e) => {
+                    log::error!("could not start the rescan thread: {e}");
+                    return;
+                }
+            };
             loop {
                 std::thread::sleep(interval);
                 let Some(shared) = shared.upgrade() else {
                     return;
                 };
-                match shared.rescan() {
+                match pool.install(|| shared.rescan()) {
                     Ok(s) => log::debug!(
                         "rescan: {} entries ({} unchanged, {} skipped) in {:.3}s",
                         s.entries,
@@ -509,6 +523,22 @@ fn start_rescans(shared: Weak<Shared>, interval: Duration) {
     if let Err(e) = spawned {
         log::error!(
             "could not start the rescan thread: {e}; the index is refreshed per request only"
+        );
+    }
+}
+
+/// Gives the calling thread the lowest scheduling priority (nice 19): it gets the CPU only
+/// when request threads leave some. Linux applies `setpriority` to a thread id as a thread's own.
+fn lower_thread_priority() {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    let ok = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
+    };
+    if ok != 0 {
+        log::debug!(
+            "could not lower the rescan thread's priority: {}",
+            io::Error::last_os_error()
         );
     }
 }
@@ -597,7 +627,7 @@ fn conditional(response: Response, headers: &[Header]) -> Response {
             };
             r.headers.push((
                 "Content-Range",
-                format!("bytes {start}-{}/{total}", start + len - 1),
+                format!("bytes {start}-{}/{total}", start + len - 1).into(),
             ));
             r.header("Accept-Ranges", "bytes")
         }

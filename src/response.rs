@@ -3,6 +3,7 @@
 //! Handlers return a [`Response`]; [`crate::send`] turns it into bytes. Keeping the two apart lets
 //! the routing and caching rules be unit-tested without a network.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::sync::Arc;
 
@@ -61,7 +62,7 @@ impl Body {
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     pub body: Body,
 }
 
@@ -82,7 +83,7 @@ impl Response {
     }
 
     /// Sets a header, replacing an earlier value of the same name.
-    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+    pub fn header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Response {
         self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         self.headers.push((name, value.into()));
         self
@@ -92,7 +93,7 @@ impl Response {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 }
 

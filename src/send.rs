@@ -33,6 +33,10 @@ pub fn send_logged(
     close: bool,
     start: Instant,
 ) -> Option<Sent> {
+    if !log::log_enabled!(target: "access", log::Level::Info) {
+        // No access log: skip copying the method, URL and address for it.
+        return send(request, response, close).ok();
+    }
     let method = request.method().clone();
     let url = request.url().to_string();
     let client = request
