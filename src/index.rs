@@ -194,11 +194,15 @@ impl Index {
             .map_err(LoadError::Io)?
             .ok_or(LoadError::Absent)?;
         let version = Version::of(&meta);
-        let mut text = String::with_capacity(meta.len() as usize);
-        file.read_to_string(&mut text).map_err(|e| match e.kind() {
-            io::ErrorKind::InvalidData => LoadError::Malformed("not UTF-8".into(), version),
-            _ => LoadError::Io(e),
-        })?;
+        // Exactly the length fstat gave: one read(2), not a second one to find the end. A file
+        // that grew meanwhile has a new version, which the next lookup notices.
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        (&mut file)
+            .take(meta.len())
+            .read_to_end(&mut bytes)
+            .map_err(LoadError::Io)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| LoadError::Malformed("not UTF-8".into(), version))?;
         let info = NarInfo::parse(&text, &self.store_dir)
             .map_err(|e| LoadError::Malformed(e.0, version))?;
         if info.store_hash() != hash {
