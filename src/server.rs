@@ -54,10 +54,15 @@ impl Default for PoolConfig {
     }
 }
 
+/// Pending connections the kernel may queue before we accept them (capped by
+/// `net.core.somaxconn`). std listens with 128, which a burst of clients overflows: their SYNs
+/// are dropped and retried a second later.
+const LISTEN_BACKLOG: libc::c_int = 4096;
+
 /// Binds `addr`; for the unspecified IPv6 address this also takes IPv4 (Linux's default), and
 /// if the host has no IPv6 at all it falls back to `0.0.0.0`.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    match TcpListener::bind(addr) {
+    let listener = match TcpListener::bind(addr) {
         Err(e)
             if addr.ip().is_unspecified()
                 && addr.is_ipv6()
@@ -66,7 +71,15 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
             TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], addr.port())))
         }
         other => other,
+    }?;
+    // SAFETY: listen(2) again on our own listening socket only changes its backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        log::warn!(
+            "could not raise the listen backlog: {}",
+            io::Error::last_os_error()
+        );
     }
+    Ok(listener)
 }
 
 /// A running server; [`Running::stop`] shuts it down.
