@@ -97,7 +97,13 @@ pub fn send(request: Request, response: Response, close: bool) -> io::Result<Sen
             // Wait for our turn on the connection (pipelining) before touching the socket.
             writer.flush()?;
             if let Some(mut sock) = peer.and_then(socket::find) {
-                let n = socket::send_head_and_file(&mut sock, &head, &mut file, offset, len)?;
+                let sent = socket::send_head_and_file(&mut sock, &head, &mut file, offset, len);
+                let n = sent.inspect_err(|_| {
+                    // The client was promised Content-Length bytes it will not get: end the
+                    // connection so it sees a short body now, instead of waiting on a
+                    // keep-alive connection for bytes that never come.
+                    let _ = sock.shutdown(std::net::Shutdown::Both);
+                })?;
                 return Ok(Sent {
                     status,
                     body_bytes: n,
