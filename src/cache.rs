@@ -169,6 +169,16 @@ impl Cache {
         self.shared.index.len()
     }
 
+    /// Why this cache cannot serve right now, if it cannot: its directory is gone or unreadable
+    /// (every path would be a 404, and Nix would build from source instead).
+    pub fn unhealthy(&self) -> Option<String> {
+        let root = &self.shared.root;
+        match std::fs::read_dir(root) {
+            Ok(_) => None,
+            Err(e) => Some(format!("cache directory {}: {e}", root.display())),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

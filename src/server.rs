@@ -259,7 +259,8 @@ impl Worker {
 }
 
 /// `/metrics` (Prometheus) and `/health` (200 once the index is built, which `Cache::open`
-/// finished before anything listens); `None` for any other path.
+/// finished before anything listens, and while the cache directory can be read; 503 when it
+/// cannot); `None` for any other path.
 pub fn ops_response(cache: &Cache, url: &str) -> Option<Response> {
     let path = url.split_once('?').map_or(url, |(p, _)| p);
     match path {
@@ -269,8 +270,12 @@ pub fn ops_response(cache: &Cache, url: &str) -> Option<Response> {
                 .header("Cache-Control", "no-store"),
         ),
         "/health" => Some(
-            Response::text(200, &format!("ok: {} narinfos indexed", cache.len()))
-                .header("Cache-Control", "no-store"),
+            match cache.unhealthy() {
+                None => Response::text(200, &format!("ok: {} narinfos indexed", cache.len())),
+                // A load balancer should send clients elsewhere.
+                Some(why) => Response::text(503, &format!("unhealthy: {why}")),
+            }
+            .header("Cache-Control", "no-store"),
         ),
         _ => None,
     }
