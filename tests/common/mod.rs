@@ -256,3 +256,42 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
+
+/// Receive buffer for clients that read slowly (the kernel doubles it): small enough that a
+/// large response cannot sit in the socket buffers.
+pub const SMALL_RCVBUF: i32 = 4096;
+
+/// A connection to 127.0.0.1:`port` whose receive buffer was made small before connecting (so
+/// that the window it advertises stays small too).
+pub fn connect_with_small_rcvbuf(port: u16, rcvbuf: i32) -> TcpStream {
+    // SAFETY: plain socket calls on a descriptor owned by `stream` from its creation on; the
+    // option and address pointers are valid for the lengths given.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream: TcpStream = std::os::fd::FromRawFd::from_raw_fd(fd);
+        let r = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&rcvbuf as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
