@@ -41,31 +41,6 @@ fn put(port: u16, path: &str, body: &[u8]) -> Reply {
     replies.remove(0)
 }
 
-fn nix32_sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    nix_binary_cache::nix32::encode(&sha2::Sha256::digest(bytes))
-}
-
-/// Every file below `dir`, relative, with its size, sorted (hidden temporaries included).
-fn listing(dir: &Path) -> Vec<(String, u64)> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, u64)>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                walk(base, &p, out);
-            } else {
-                let len = e.metadata().unwrap().len();
-                out.push((p.strip_prefix(base).unwrap().display().to_string(), len));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
-}
-
 /// The narinfos of a cache directory: (hash, text, URL of the NAR).
 fn narinfos(dir: &Path) -> Vec<(String, String, String)> {
     let mut out: Vec<_> = std::fs::read_dir(dir)

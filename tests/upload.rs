@@ -4,7 +4,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -40,31 +39,6 @@ fn put(port: u16, path: &str, body: &[u8], auth: Option<&str>) -> Reply {
     let mut bytes = raw.into_bytes();
     bytes.extend_from_slice(body);
     parse_replies(&raw_exchange(port, &bytes), false).remove(0)
-}
-
-/// Every file below `dir`, relative, sorted: to prove a refused upload changed nothing.
-fn listing(dir: &Path) -> Vec<(String, u64)> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, u64)>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                walk(base, &p, out);
-            } else {
-                let len = e.metadata().unwrap().len();
-                out.push((p.strip_prefix(base).unwrap().display().to_string(), len));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
-}
-
-fn nix32_sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    nix_binary_cache::nix32::encode(&sha2::Sha256::digest(bytes))
 }
 
 #[test]

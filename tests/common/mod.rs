@@ -295,3 +295,30 @@ pub fn connect_with_small_rcvbuf(port: u16, rcvbuf: i32) -> TcpStream {
         stream
     }
 }
+
+/// Every file below `dir` (hidden temporaries included), relative, with its size, sorted: to
+/// prove that a refused or failed upload changed nothing.
+pub fn listing(dir: &Path) -> Vec<(String, u64)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, u64)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                walk(base, &p, out);
+            } else {
+                let len = e.metadata().unwrap().len();
+                out.push((p.strip_prefix(base).unwrap().display().to_string(), len));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// The nix32 sha256 of `bytes`: the name a NAR upload must carry.
+pub fn nix32_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    nix_binary_cache::nix32::encode(&sha2::Sha256::digest(bytes))
+}
