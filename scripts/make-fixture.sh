@@ -43,18 +43,9 @@ NIXFILE="$ROOT/scripts/fixture.nix"
 # --- private Nix configuration ---------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/make-fixture.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
-mkdir -p "$WORK/conf" "$WORK/xdg-cache"
-cat > "$WORK/conf/nix.conf" <<'EOF'
-experimental-features = nix-command
-sandbox = false
-build-users-group =
-substituters =
-narinfo-cache-positive-ttl = 0
-narinfo-cache-negative-ttl = 0
-EOF
-export NIX_CONF_DIR="$WORK/conf"
-export XDG_CACHE_HOME="$WORK/xdg-cache"
-unset NIX_REMOTE NIX_PATH || true
+# shellcheck source=scripts/lib/nix-client.sh
+. "$ROOT/scripts/lib/nix-client.sh"
+use_private_nix "$WORK"
 
 echo "== nix: $(nix --version)"
 

@@ -176,21 +176,12 @@ trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT TERM
 
 # --- Nix client configuration -------------------------------------------------------------
-mkdir -p "$TMP/nix-conf" "$TMP/home"
-cat > "$TMP/nix-conf/nix.conf" <<EOF
-experimental-features = nix-command
-sandbox = false
-build-users-group =
-substituters =
-narinfo-cache-positive-ttl = 0
-narinfo-cache-negative-ttl = 0
-trusted-public-keys = $KEY_PUB
-require-sigs = true
-download-attempts = 1
-connect-timeout = 5
-EOF
-export NIX_CONF_DIR="$TMP/nix-conf" HOME="$TMP/home"
-unset NIX_REMOTE NIX_PATH || true
+mkdir -p "$TMP/home"
+# shellcheck source=scripts/lib/nix-client.sh
+. "$ROOT/scripts/lib/nix-client.sh"
+use_private_nix "$TMP/nix" "trusted-public-keys = $KEY_PUB" "require-sigs = true" \
+    "download-attempts = 1" "connect-timeout = 5"
+export HOME="$TMP/home"
 TOKEN="replicas-test-token-$$"
 echo "$TOKEN" > "$TMP/upload-tokens"
 printf 'machine 127.0.0.1 login nix password %s\n' "$TOKEN" > "$TMP/netrc"

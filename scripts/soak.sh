@@ -91,17 +91,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- private Nix configuration (as scripts/make-fixture.sh) -----------------------------------
-mkdir -p "$work/conf" "$work/xdg-cache"
-cat >"$work/conf/nix.conf" <<'EOF'
-experimental-features = nix-command
-sandbox = false
-build-users-group =
-substituters =
-narinfo-cache-positive-ttl = 0
-narinfo-cache-negative-ttl = 0
-EOF
-export NIX_CONF_DIR=$work/conf XDG_CACHE_HOME=$work/xdg-cache
-unset NIX_REMOTE NIX_PATH || true
+# shellcheck source=scripts/lib/nix-client.sh
+. "$(dirname "$0")/lib/nix-client.sh"
+use_private_nix "$work"
 nix_version=$(nix --version | awk '{print $NF}')
 
 # --- the cache and the server ---------------------------------------------------------------
