@@ -379,7 +379,7 @@ impl Cache {
     fn after_upload(&self, stored: &Stored) {
         match stored {
             Stored::NarInfo { hash } => {
-                if let Err(e) = self.shared.index.get(hash) {
+                if let Err(e) = self.shared.index.refresh(hash) {
                     log::warn!("{hash}.narinfo stored but not indexed: {e}");
                 }
             }

@@ -48,6 +48,6 @@ pub mod verify;
 pub use auth::Tokens;
 pub use cache::{Cache, Config, UploadConfig};
 pub use cache_info::CacheInfo;
-pub use index::ScanStats;
+pub use index::{REVALIDATE_AFTER, ScanStats};
 pub use mount::Mount;
 pub use response::{Body, Response};

@@ -280,10 +280,11 @@ fn cache_directory_replaced_while_running() {
     let fresh_text = model_text.replace(model_hash.as_str(), &fresh_hash);
     std::fs::write(dir.join(format!("{fresh_hash}.narinfo")), &fresh_text).unwrap();
 
+    wait_for_revalidation();
     // Only in the old directory: gone.
     let r = server.get(&format!("/{gone_hash}.narinfo"));
     assert_eq!(r.status, 404, "{}", r.text());
-    // In both: the new directory's bytes, at once.
+    // In both: the new directory's bytes, after one revalidation period.
     for (hash, text, _) in &new[1..] {
         let r = server.get(&format!("/{hash}.narinfo"));
         assert_eq!((r.status, r.text()), (200, text.clone()), "{hash}");
@@ -334,6 +335,7 @@ fn cache_directory_removed_while_running() {
     }
 
     std::fs::remove_dir_all(&dir).unwrap();
+    wait_for_revalidation();
     let check_all = |when: &str| {
         for p in &paths {
             let r = server.get(p);
@@ -402,6 +404,7 @@ fn narinfo_and_nar_damaged_after_indexing() {
     f.set_len(a_text.len() as u64 / 2).unwrap();
     drop(f);
     std::fs::File::create(root.join(format!("{b}.narinfo"))).unwrap();
+    wait_for_revalidation();
     for h in [a, b] {
         let r = server.get(&format!("/{h}.narinfo"));
         assert_eq!(r.status, 404, "{h}: {}", r.text());

@@ -335,13 +335,15 @@ fn index_follows_the_disk_without_waiting_for_a_rescan() {
     std::fs::rename(moved.path().join("x"), root.join(format!("{hash}.narinfo"))).unwrap();
     let r = server.get(&path);
     assert_eq!((r.status, r.text()), (200, text.clone()));
-    // Rewritten: the new bytes are served.
+    // Rewritten: the old bytes for at most REVALIDATE_AFTER, then the new ones.
     let changed = text.replace("Compression: xz", "Compression: xz\nFuture: 1");
     std::fs::write(root.join("tmp"), &changed).unwrap();
     std::fs::rename(root.join("tmp"), root.join(format!("{hash}.narinfo"))).unwrap();
+    wait_for_revalidation();
     assert_eq!(server.get(&path).text(), changed);
-    // Removed: no longer served.
+    // Removed: no longer served once revalidated.
     std::fs::remove_file(root.join(format!("{hash}.narinfo"))).unwrap();
+    wait_for_revalidation();
     assert_eq!(server.get(&path).status, 404);
     assert_eq!(
         server

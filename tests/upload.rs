@@ -97,6 +97,7 @@ fn narinfo_is_checked_and_served_at_once() {
     let original = std::fs::read_to_string(dir.path().join(format!("{hash}.narinfo"))).unwrap();
     std::fs::remove_file(dir.path().join(format!("{hash}.narinfo"))).unwrap();
     let path = format!("/{hash}.narinfo");
+    wait_for_revalidation();
     assert_eq!(server.get(&path).status, 404);
 
     // Refused: malformed, wrong store path, NAR missing, FileSize wrong.

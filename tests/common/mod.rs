@@ -322,3 +322,9 @@ pub fn nix32_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     nix_binary_cache::nix32::encode(&sha2::Sha256::digest(bytes))
 }
+
+/// Waits until the server looks at a narinfo on disk again: a hit is served from memory for
+/// `REVALIDATE_AFTER` after its last check.
+pub fn wait_for_revalidation() {
+    std::thread::sleep(nix_binary_cache::REVALIDATE_AFTER + Duration::from_millis(100));
+}
