@@ -217,7 +217,7 @@ fn listeners(options: &cli::Options) -> Result<Listeners, String> {
     })
 }
 
-/// Every connection holds a descriptor (two while a file is sent), and distributions start
+/// Every connection holds a descriptor (one more while a file is sent), and distributions start
 /// services with a soft limit of 1024: take the hard limit, as nginx's
 /// `worker_rlimit_nofile` would.
 fn raise_open_file_limit() {

@@ -520,3 +520,49 @@ fn nar_truncated_during_a_download_ends_the_transfer() {
     assert_eq!((r.status, r.body.len() as u64), (200, CUT));
     assert_eq!(server.get("/nix-cache-info").status, 200);
 }
+
+/// More clients than descriptors: the ones past the limit wait or fail, but the server keeps
+/// accepting once descriptors are free again. (tiny_http 0.12 panicked in its accept thread on
+/// the first "Too many open files" and never accepted again: vendor/tiny_http/PATCHES.md.)
+#[test]
+fn running_out_of_descriptors_does_not_stop_accepting() {
+    use std::net::TcpStream;
+    let root = fixtures().join("cache-xz");
+    let server = Server::start_with_fd_limit(&root, &[], 64);
+    // One descriptor per connection: 40 connections fit in 64 with the process's own files.
+    let mut open: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .unwrap()
+        .count();
+    assert!(
+        fds < 64,
+        "{fds} descriptors for 40 connections: more than one each?"
+    );
+    // Now past the limit: accept(2) fails with EMFILE while these are open.
+    open.extend((0..60).filter_map(|_| TcpStream::connect(("127.0.0.1", server.port)).ok()));
+    std::thread::sleep(Duration::from_millis(500));
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .unwrap()
+        .count();
+    assert!(
+        fds >= 60,
+        "only {fds} descriptors in use: the limit was not reached"
+    );
+    drop(open);
+    // Descriptors are free again: a new client is served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = server.get("/nix-cache-info");
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not served after the clients left"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

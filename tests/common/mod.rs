@@ -80,7 +80,22 @@ pub struct Server {
 impl Server {
     /// Starts `nix-binary-cache ROOT -p 0 --bind 127.0.0.1 EXTRA…` and waits until it listens.
     pub fn start(root: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
+        Server::start_command(Command::new(BIN), root, extra)
+    }
+
+    /// Like [`Server::start`], with the open-file limit (soft and hard) set to `limit`.
+    pub fn start_with_fd_limit(root: &Path, extra: &[&str], limit: u32) -> Server {
+        let mut sh = Command::new("/bin/sh");
+        sh.args([
+            "-c",
+            &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+            BIN,
+        ]);
+        Server::start_command(sh, root, extra)
+    }
+
+    fn start_command(mut command: Command, root: &Path, extra: &[&str]) -> Server {
+        let mut child = command
             .arg(root)
             .args(["-p", "0", "--bind", "127.0.0.1", "--log-level", "debug"])
             .args(extra)

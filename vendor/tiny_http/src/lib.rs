@@ -290,6 +290,7 @@ impl Server {
             let tasks_pool = util::TaskPool::new();
 
             log::debug!("Running accept thread");
+            let mut last_warning = None;
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
@@ -336,6 +337,19 @@ impl Server {
                                 }
                             }
                         }));
+                    }
+
+                    // nix-binary-cache patch: running out of descriptors (or memory, or a
+                    // client hanging up before accept) used to end this loop for good, and the
+                    // server never accepted again. Wait a moment and go on instead.
+                    Err(e) if is_transient_accept_error(&e) => {
+                        if last_warning.map_or(true, |t: std::time::Instant| {
+                            t.elapsed() >= std::time::Duration::from_secs(1)
+                        }) {
+                            log::warn!("Error accepting new client (will retry): {}", e);
+                            last_warning = Some(std::time::Instant::now());
+                        }
+                        thread::sleep(std::time::Duration::from_millis(20));
                     }
 
                     Err(e) => {
@@ -442,4 +456,15 @@ impl Drop for Server {
             }
         }
     }
+}
+
+/// nix-binary-cache patch: accept(2) errors after which the listener still works: out of
+/// descriptors (EMFILE, ENFILE) or buffers (ENOBUFS), or a connection that was reset before it
+/// could be accepted.
+fn is_transient_accept_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | OutOfMemory
+    ) || matches!(e.raw_os_error(), Some(23) | Some(24) | Some(105))
 }
