@@ -147,6 +147,7 @@ impl Cache {
             metrics: Metrics::default(),
         });
         let stats = shared.index.rescan()?;
+        crate::index::give_back_free_memory();
         log::info!(
             "indexed {} narinfo files in {} ({} skipped) in {:.3}s",
             stats.entries,

@@ -7,7 +7,7 @@
 //! keep the map complete for listings, gc and metrics; they build a new map off to the side,
 //! reusing every entry whose file did not change, and swap it in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +27,8 @@ type Key = [u8; 20];
 /// One narinfo file, as read from disk.
 #[derive(Debug)]
 pub struct Entry {
+    /// The store hash the entry is filed under.
+    key: Key,
     /// The file's bytes.
     raw: Arc<[u8]>,
     /// Version of the file the bytes were read from.
@@ -50,6 +52,35 @@ fn clock_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
+
+/// An element of the index: an entry, hashed and compared by its key. A set of these needs one
+/// pointer per slot, where a map from key to entry needed 32 bytes (at a million narinfos the
+/// table has 2^21 slots: 16 MiB instead of 64).
+#[derive(Debug)]
+struct Slot(Arc<Entry>);
+
+impl std::borrow::Borrow<Key> for Slot {
+    fn borrow(&self) -> &Key {
+        &self.0.key
+    }
+}
+
+impl std::hash::Hash for Slot {
+    // Must hash exactly as the `Key` it borrows as.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.key.hash(state);
+    }
+}
+
+impl PartialEq for Slot {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for Slot {}
+
+type Map = HashSet<Slot>;
 
 /// The bytes sent for a narinfo and their entity tag.
 #[derive(Debug, Clone)]
@@ -92,7 +123,7 @@ pub struct Index {
     root: PathBuf,
     store_dir: String,
     sign_keys: Vec<SigningKey>,
-    map: RwLock<HashMap<Key, Arc<Entry>>>,
+    map: RwLock<Map>,
     /// Malformed files already warned about, so that each is reported once per version.
     broken: Mutex<HashMap<Key, Version>>,
     last_scan: Mutex<ScanStats>,
@@ -112,7 +143,7 @@ impl Index {
             root: root.to_path_buf(),
             store_dir: store_dir.to_string(),
             sign_keys,
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(Map::new()),
             broken: Mutex::new(HashMap::new()),
             last_scan: Mutex::new(ScanStats::default()),
         }
@@ -128,14 +159,14 @@ impl Index {
 
     /// Sum of `FileSize` over all entries (bytes of NAR files the cache serves).
     pub fn total_file_size(&self) -> u64 {
-        self.read_map().values().map(|e| e.file_size).sum()
+        self.read_map().iter().map(|s| s.0.file_size).sum()
     }
 
-    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, Arc<Entry>>> {
+    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, Map> {
         self.map.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Key, Arc<Entry>>> {
+    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, Map> {
         self.map.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -158,7 +189,7 @@ impl Index {
         let Some(key) = nix32::store_hash_key(hash) else {
             return Ok(Lookup::Missing);
         };
-        let cached = self.read_map().get(&key).cloned();
+        let cached = self.read_map().get(&key).map(|s| s.0.clone());
         let now = clock_ms();
         if let Some(entry) = &cached
             && !force
@@ -181,9 +212,9 @@ impl Index {
                 }
             }
         }
-        match self.load(hash, &path) {
+        match self.load(key, hash, &path) {
             Ok(entry) => {
-                self.write_map().insert(key, entry.clone());
+                self.write_map().replace(Slot(entry.clone()));
                 Ok(Lookup::Found(entry))
             }
             Err(LoadError::Absent) => {
@@ -226,7 +257,7 @@ impl Index {
     }
 
     /// Reads and checks one narinfo file.
-    fn load(&self, hash: &str, path: &Path) -> Result<Arc<Entry>, LoadError> {
+    fn load(&self, key: Key, hash: &str, path: &Path) -> Result<Arc<Entry>, LoadError> {
         let (mut file, meta) = files::open_regular(path)
             .map_err(LoadError::Io)?
             .ok_or(LoadError::Absent)?;
@@ -256,6 +287,7 @@ impl Index {
             let _ = served.set(Served::of(raw.clone()));
         }
         Ok(Arc::new(Entry {
+            key,
             raw,
             version,
             file_size,
@@ -266,6 +298,9 @@ impl Index {
 
     /// Builds a fresh map from the directory and swaps it in. Unchanged files are not read
     /// again; requests keep being answered from the old map meanwhile.
+    // A `Slot` hashes only its entry's key, which never changes; the cells inside an entry
+    // (signature cache, last check) do not take part in hashing or equality.
+    #[allow(clippy::mutable_key_type)]
     pub fn rescan(&self) -> io::Result<ScanStats> {
         let start = Instant::now();
         let names = self.list_narinfo_hashes()?;
@@ -274,12 +309,12 @@ impl Index {
             .filter_map(|hash| self.scan_one(hash))
             .collect();
 
-        let mut map = HashMap::with_capacity(results.len());
+        let mut map = Map::with_capacity(results.len());
         let mut stats = ScanStats::default();
-        for (key, entry, reused) in results {
+        for (_, entry, reused) in results {
             match entry {
                 Some(e) => {
-                    map.insert(key, e);
+                    map.replace(Slot(e));
                     stats.reused += reused as usize;
                 }
                 None => stats.skipped += 1,
@@ -288,6 +323,7 @@ impl Index {
         stats.entries = map.len();
         let old = std::mem::replace(&mut *self.write_map(), map);
         drop(old); // Freed outside the lock.
+        drop(names);
         stats.duration = start.elapsed();
         stats.finished_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -300,7 +336,7 @@ impl Index {
     fn scan_one(&self, hash: &str) -> Option<(Key, Option<Arc<Entry>>, bool)> {
         let key = nix32::store_hash_key(hash)?;
         let path = self.path_of(hash);
-        let old = self.read_map().get(&key).cloned();
+        let old = self.read_map().get(&key).map(|s| s.0.clone());
         // Only an entry we already hold needs the extra `lstat`: a new file is simply read (its
         // version comes from the open file), which keeps the first scan to one path lookup.
         if let Some(old) = old {
@@ -317,7 +353,7 @@ impl Index {
                 }
             }
         }
-        match self.load(hash, &path) {
+        match self.load(key, hash, &path) {
             Ok(entry) => Some((key, Some(entry), false)),
             Err(LoadError::Absent) => None,
             Err(LoadError::Malformed(why, version)) => {
@@ -355,4 +391,16 @@ pub fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Returns the heap's free pages to the kernel. A scan's temporaries (a million file names and
+/// results, about 50 MiB at a million narinfos) are freed when it ends, but glibc keeps freed
+/// memory mapped: without this, RSS would stay that much above what the index holds. Called
+/// after the first scan only: trimming holds malloc's locks, which requests also need, and a
+/// periodic rescan reuses the same memory next time anyway.
+pub(crate) fn give_back_free_memory() {
+    // SAFETY: malloc_trim only releases memory that malloc itself holds free.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
