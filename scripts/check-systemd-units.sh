@@ -29,17 +29,9 @@ die() {
 }
 
 # --- the binary -----------------------------------------------------------------------------
-binary=${1:-}
-if [[ -z $binary ]]; then
-    for candidate in "$repo/target/release/$unit" "$repo/target/debug/$unit"; do
-        if [[ -x $candidate ]]; then
-            binary=$candidate
-            break
-        fi
-    done
-    [[ -n $binary ]] || die "no binary given and none built: run cargo build, or pass its path"
-fi
-[[ -f $binary && -x $binary ]] || die "$binary is not an executable file"
+# shellcheck source=scripts/lib/server-binary.sh
+. "$repo/scripts/lib/server-binary.sh"
+binary=$(server_binary "$repo" "${1:-}") || die "no server binary to test"
 binary=$(realpath "$binary")
 
 # --- systemd-analyze ------------------------------------------------------------------------
