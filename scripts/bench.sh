@@ -163,26 +163,12 @@ CLK_TCK="$(getconf CLK_TCK)"
 TMP="$(mktemp -d /tmp/nbc-bench.XXXXXX)"
 PIDS=() # every long-running process we started
 
-stop_pid() { # stop_pid PID: TERM, wait up to 15 s, then KILL (and nginx's orphaned workers)
-    local pid="$1" children i
-    kill -0 "$pid" 2>/dev/null || return 0
-    children="$(ps -o pid= --ppid "$pid" 2>/dev/null || true)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 150; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        say "warning: pid $pid ignored SIGTERM for 15 s, killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    for i in $children; do kill -KILL "$i" 2>/dev/null || true; done
-}
+# shellcheck source=scripts/lib/server.sh
+. "$REPO/scripts/lib/server.sh"
 
 cleanup() {
     local pid
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    for pid in "${PIDS[@]}"; do stop_pid "$pid" 15; done
     PIDS=()
     rm -rf "$TMP"
 }
@@ -492,7 +478,7 @@ for n in "${INDEX_SIZES[@]}"; do
         logline="$(grep -m1 'indexed [0-9]* narinfo files' "$TMP/index-$n-$run.log" || true)"
         IDX[$n|log]="$(sed -n 's/.*indexed \([0-9]*\) narinfo files .* (\([0-9]*\) skipped) in \([0-9.]*\)s.*/\1 \2 \3/p' <<< "$logline")"
         [ -n "${IDX[$n|log]}" ] || IDX[$n|log]="? ? ?"
-        stop_pid "$OURS_PID"; forget_pid "$OURS_PID"
+        stop_pid "$OURS_PID" 15; forget_pid "$OURS_PID"
     done
 done
 
@@ -549,9 +535,9 @@ NGINX_WORKERS=$(ps -o pid= --ppid "$NGINX_PID" | wc -l)
 FLOOR_HWM=0
 [ "$HAVE_FLOOR" = 1 ] && FLOOR_HWM=$(proc_kb "$FLOOR_PID" VmHWM)
 kill -0 "$OURS_MAIN_PID" 2>/dev/null || say "warning: our server died during the runs: $(tail -5 "$TMP/main.log")"
-stop_pid "$NGINX_PID"; forget_pid "$NGINX_PID"
-stop_pid "$OURS_MAIN_PID"; forget_pid "$OURS_MAIN_PID"
-[ "$HAVE_FLOOR" = 1 ] && { stop_pid "$FLOOR_PID"; forget_pid "$FLOOR_PID"; }
+stop_pid "$NGINX_PID" 15; forget_pid "$NGINX_PID"
+stop_pid "$OURS_MAIN_PID" 15; forget_pid "$OURS_MAIN_PID"
+[ "$HAVE_FLOOR" = 1 ] && { stop_pid "$FLOOR_PID" 15; forget_pid "$FLOOR_PID"; }
 OURS_WARN_LINES=$(grep -c . "$TMP/main.log" || true)
 
 # --- 3. p99 while rescans run ----------------------------------------------------------------
@@ -564,7 +550,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 RESCAN_HWM=$(proc_kb "$OURS_PID" VmHWM)
 RESCAN_LOG_LINES=$(grep -c . "$TMP/rescan.log" || true)
-stop_pid "$OURS_PID"; forget_pid "$OURS_PID"
+stop_pid "$OURS_PID" 15; forget_pid "$OURS_PID"
 
 for spec in "${SCENARIOS[@]}"; do
     IFS='|' read -r scen _ _ metric servers <<< "$spec"
@@ -627,7 +613,7 @@ if [ "$MANY_CONNS" -gt 0 ]; then
                 END { for (i = 1; i <= n && i <= 4; i++) {
                     m = order[i]; gsub(/\|/, "/", m); gsub(/`/, "'"'"'", m)
                     printf "%s%dx `%s`", (i > 1 ? "; " : ""), c[order[i]], substr(m, 1, 160) } }')" || true
-        stop_pid "$pid"; forget_pid "$pid"
+        stop_pid "$pid" 15; forget_pid "$pid"
         sleep 2 # let the closed connections settle
     done
 fi

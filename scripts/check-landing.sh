@@ -33,8 +33,8 @@ die() {
 }
 
 # --- the binary -----------------------------------------------------------------------------
-# shellcheck source=scripts/lib/server-binary.sh
-. "$repo/scripts/lib/server-binary.sh"
+# shellcheck source=scripts/lib/server.sh
+. "$repo/scripts/lib/server.sh"
 binary=$(server_binary "$repo" "${1:-}") || die "no server binary to test"
 for f in "$key_sec" "$key_pub" "$cache/nix-cache-info"; do
     [[ -f $f ]] || die "missing fixture $f"
@@ -75,17 +75,8 @@ trap 'exit 130' INT TERM
 "$binary" "$cache" -p 0 --bind 127.0.0.1 --sign-key "$key_sec" --rescan-interval 0 \
     </dev/null >/dev/null 2>"$tmp/server.log" &
 server_pid=$!
-port=
-for _ in $(seq 200); do
-    line=$(grep -m1 -o 'serving .* on http://[^ ]*' "$tmp/server.log" || true)
-    if [[ -n $line ]]; then
-        port=${line##*:}
-        break
-    fi
-    kill -0 "$server_pid" 2>/dev/null || { cat "$tmp/server.log" >&2; die "the server exited at start"; }
-    sleep 0.05
-done
-[[ $port =~ ^[0-9]+$ ]] || { cat "$tmp/server.log" >&2; die "the server did not say where it listens within 10 s"; }
+port=$(server_port "$tmp/server.log" "$server_pid") \
+    || die "the server exited at start or did not say where it listens within 10 s (log above)"
 url="http://127.0.0.1:$port/"
 echo "server: $binary on $url"
 

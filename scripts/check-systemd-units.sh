@@ -29,8 +29,8 @@ die() {
 }
 
 # --- the binary -----------------------------------------------------------------------------
-# shellcheck source=scripts/lib/server-binary.sh
-. "$repo/scripts/lib/server-binary.sh"
+# shellcheck source=scripts/lib/server.sh
+. "$repo/scripts/lib/server.sh"
 binary=$(server_binary "$repo" "${1:-}") || die "no server binary to test"
 binary=$(realpath "$binary")
 

@@ -117,19 +117,9 @@ CACHE="$TMP/shared-cache" # the "shared storage" both replicas serve
 PID_A="" PID_B="" PID_NGINX=""
 BUILT=() # paths this script added to /nix/store
 
-stop_pid() { # stop_pid PID: TERM, wait up to 10 s, then KILL (and whatever children it had)
-    local pid="$1" children i
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
-    children="$(ps -o pid= --ppid "$pid" 2>/dev/null || true)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    for i in $children; do kill -KILL "$i" 2>/dev/null || true; done
-}
+# stop_pid, server_port
+# shellcheck source=scripts/lib/server.sh
+. "$ROOT/scripts/lib/server.sh"
 
 show_logs() {
     local f
@@ -199,20 +189,12 @@ cp -R "$FIX/cache-signed" "$CACHE"
 
 REPLICA_PID="" REPLICA_PORT=""
 start_replica() { # start_replica NAME EXTRA...: sets REPLICA_PID and REPLICA_PORT
-    local name="$1" log="$TMP/replica-$1.log" i
+    local log="$TMP/replica-$1.log"
     shift
     "$BIN" "$CACHE" -p 0 --bind 127.0.0.1 --rescan-interval 0 --sign-key "$KEY_SEC" "$@" \
         < /dev/null > /dev/null 2> "$log" &
     REPLICA_PID=$!
-    REPLICA_PORT=""
-    for ((i = 0; i < 200; i++)); do
-        REPLICA_PORT="$(sed -n 's|.*serving .* on http://127\.0\.0\.1:\([0-9][0-9]*\).*|\1|p' "$log" | head -n 1)"
-        [ -n "$REPLICA_PORT" ] && return 0
-        kill -0 "$REPLICA_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    cat "$log" >&2
-    return 1
+    REPLICA_PORT=$(server_port "$log" "$REPLICA_PID")
 }
 start_replica a --upload-token-file "$TMP/upload-tokens" || die "replica A did not start (log above)"
 PID_A=$REPLICA_PID PORT_A=$REPLICA_PORT

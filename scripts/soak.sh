@@ -104,17 +104,10 @@ rescan=5
     --upload-token-file "$work/tokens" --rescan-interval "$rescan" \
     --log-level debug --access-log off </dev/null >/dev/null 2>"$work/server.log" &
 server_pid=$!
-port=
-for _ in $(seq 200); do
-    line=$(grep -m1 -o 'serving .* on http://[^ ]*' "$work/server.log" || true)
-    if [[ -n $line ]]; then
-        port=${line##*:}
-        break
-    fi
-    kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; die "the server exited at start"; }
-    sleep 0.05
-done
-[[ $port =~ ^[0-9]+$ ]] || { cat "$work/server.log" >&2; die "the server did not start within 10 s"; }
+# shellcheck source=scripts/lib/server.sh
+. "$repo/scripts/lib/server.sh"
+port=$(server_port "$work/server.log" "$server_pid") \
+    || die "the server exited at start or did not start within 10 s (log above)"
 url=http://127.0.0.1:$port
 echo "soak: $binary serving a copy of $(basename "$fixture") on $url for $duration s (work dir $work)"
 
