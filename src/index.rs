@@ -3,9 +3,9 @@
 //! The disk stays the truth. A hit is checked against the file's version with one `lstat` (at
 //! most once per [`REVALIDATE_AFTER`]), so a narinfo rewritten or removed on disk is noticed
 //! within a second; a miss tries the file once, so a path copied in a moment ago is served at
-//! once. Rescans (see [`Index::rescan`]) only
-//! keep the map complete for listings, gc and metrics; they build a new map off to the side,
-//! reusing every entry whose file did not change, and swap it in.
+//! once. Rescans (see [`Index::rescan`]) only keep the map complete for listings, gc and
+//! metrics; they build a new map off to the side, reusing every entry whose file did not
+//! change, and swap it in.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
@@ -304,14 +304,14 @@ impl Index {
     pub fn rescan(&self) -> io::Result<ScanStats> {
         let start = Instant::now();
         let names = self.list_narinfo_hashes()?;
-        let results: Vec<(Key, Option<Arc<Entry>>, bool)> = names
+        let results: Vec<(Option<Arc<Entry>>, bool)> = names
             .par_iter()
             .filter_map(|hash| self.scan_one(hash))
             .collect();
 
         let mut map = Map::with_capacity(results.len());
         let mut stats = ScanStats::default();
-        for (_, entry, reused) in results {
+        for (entry, reused) in results {
             match entry {
                 Some(e) => {
                     map.replace(Slot(e));
@@ -323,7 +323,6 @@ impl Index {
         stats.entries = map.len();
         let old = std::mem::replace(&mut *self.write_map(), map);
         drop(old); // Freed outside the lock.
-        drop(names);
         stats.duration = start.elapsed();
         stats.finished_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -332,8 +331,8 @@ impl Index {
         Ok(stats)
     }
 
-    /// One file of a scan: `(key, entry or None if skipped, reused?)`; `None` if it vanished.
-    fn scan_one(&self, hash: &str) -> Option<(Key, Option<Arc<Entry>>, bool)> {
+    /// One file of a scan: `(entry or None if skipped, reused?)`; `None` if it vanished.
+    fn scan_one(&self, hash: &str) -> Option<(Option<Arc<Entry>>, bool)> {
         let key = nix32::store_hash_key(hash)?;
         let path = self.path_of(hash);
         let old = self.read_map().get(&key).map(|s| s.0.clone());
@@ -343,29 +342,29 @@ impl Index {
             match files::version(&path) {
                 Ok(Some(v)) if v == old.version => {
                     old.checked_ms.store(clock_ms(), Ordering::Relaxed);
-                    return Some((key, Some(old), true));
+                    return Some((Some(old), true));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return None,
                 Err(e) => {
                     log::warn!("{}: skipped: {e}", path.display());
-                    return Some((key, None, false));
+                    return Some((None, false));
                 }
             }
         }
         match self.load(key, hash, &path) {
-            Ok(entry) => Some((key, Some(entry), false)),
+            Ok(entry) => Some((Some(entry), false)),
             Err(LoadError::Absent) => None,
             Err(LoadError::Malformed(why, version)) => {
                 let mut broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
                 if broken.insert(key, version) != Some(version) {
                     log::warn!("{}: skipped, malformed narinfo: {why}", path.display());
                 }
-                Some((key, None, false))
+                Some((None, false))
             }
             Err(LoadError::Io(e)) => {
                 log::warn!("{}: skipped: {e}", path.display());
-                Some((key, None, false))
+                Some((None, false))
             }
         }
     }
