@@ -27,6 +27,7 @@ mod cache;
 mod cache_info;
 mod files;
 pub mod gc;
+mod immutable;
 mod index;
 mod landing;
 pub mod metrics;
