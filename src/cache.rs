@@ -92,7 +92,7 @@ struct Shared {
     uploads: Option<UploadConfig>,
     active_uploads: AtomicUsize,
     /// `trusted-public-keys` entries of the signing keys, for the landing page.
-    public_keys: Vec<String>,
+    public_keys: RwLock<Vec<String>>,
     metrics: Metrics,
 }
 
@@ -139,11 +139,13 @@ impl Cache {
             index,
             uploads: config.uploads.clone(),
             active_uploads: AtomicUsize::new(0),
-            public_keys: config
-                .sign_keys
-                .iter()
-                .map(SigningKey::public_key)
-                .collect(),
+            public_keys: RwLock::new(
+                config
+                    .sign_keys
+                    .iter()
+                    .map(SigningKey::public_key)
+                    .collect(),
+            ),
             metrics: Metrics::default(),
         });
         let stats = shared.index.rescan()?;
@@ -196,6 +198,23 @@ impl Cache {
     /// Rebuilds the index now (the background thread does this on its own).
     pub fn rescan(&self) -> io::Result<ScanStats> {
         self.shared.rescan()
+    }
+
+    /// Signs narinfos with `keys` from now on (`SIGHUP`); the index is rebuilt for it.
+    pub fn set_sign_keys(&self, keys: Vec<SigningKey>) -> io::Result<ScanStats> {
+        let public: Vec<String> = keys.iter().map(SigningKey::public_key).collect();
+        let stats = self.shared.index.set_sign_keys(keys)?;
+        *self
+            .shared
+            .public_keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = public;
+        Ok(stats)
+    }
+
+    /// The upload tokens, shared: [`Tokens::reload`] on them takes effect at once.
+    pub fn upload_tokens(&self) -> Option<&Tokens> {
+        self.shared.uploads.as_ref().map(|u| &u.tokens)
     }
 
     /// Answers one request, `path` being relative to where the cache is mounted (`/nar/…`).
@@ -289,12 +308,14 @@ impl Cache {
             .find(|h| h.field.equiv("Host"))
             .map(|h| h.value.as_str());
         let info = self.shared.info();
+        let public_keys = self.shared.public_keys.read().map(|k| k.clone());
+        let public_keys = public_keys.unwrap_or_default();
         let page = landing::render(&landing::Facts {
             host,
             cache_info: &info.text,
             paths: self.len(),
             nar_bytes: self.total_nar_bytes(),
-            public_keys: &self.shared.public_keys,
+            public_keys: &public_keys,
             uploads: self.accepts_uploads(),
         });
         Response::new(200, Body::bytes(page.into_bytes()))
@@ -323,14 +344,14 @@ impl Cache {
         let Some(config) = &self.shared.uploads else {
             return self.method_not_allowed();
         };
-        if !config.tokens.authorizes(request.headers()) {
+        let Some(who) = config.tokens.who(request.headers()) else {
             return Response::text(
                 401,
                 "uploads need a valid token (HTTP Basic password or Bearer)",
             )
             .header("WWW-Authenticate", "Basic realm=\"nix-binary-cache\"")
             .header("Cache-Control", max_age::NONE);
-        }
+        };
         let encoding = request
             .headers()
             .iter()
@@ -364,13 +385,14 @@ impl Cache {
                     Stored::File { bytes, .. } => bytes,
                     _ => declared.unwrap_or(0),
                 };
-                self.shared.metrics.upload_stored(bytes);
+                self.shared.metrics.upload_stored(&who, bytes);
                 self.after_upload(&stored);
-                log::info!("stored {path}");
+                // Who pushed what: the token's name, never the token.
+                log::info!("stored {path} ({bytes} bytes) for token {who}");
                 Response::text(200, "stored").header("Cache-Control", max_age::NONE)
             }
             Err(e) => {
-                log::warn!("upload of {path} refused: {}", e.message());
+                log::warn!("upload of {path} for token {who} refused: {}", e.message());
                 Response::text(e.status(), &e.message()).header("Cache-Control", max_age::NONE)
             }
         }

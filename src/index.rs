@@ -122,7 +122,8 @@ pub struct ScanStats {
 pub struct Index {
     root: PathBuf,
     store_dir: String,
-    sign_keys: Vec<SigningKey>,
+    /// Replaced on `SIGHUP` by [`Index::set_sign_keys`].
+    sign_keys: RwLock<Arc<[SigningKey]>>,
     map: RwLock<Map>,
     /// Malformed files already warned about, so that each is reported once per version.
     broken: Mutex<HashMap<Key, Version>>,
@@ -142,7 +143,7 @@ impl Index {
         Index {
             root: root.to_path_buf(),
             store_dir: store_dir.to_string(),
-            sign_keys,
+            sign_keys: RwLock::new(sign_keys.into()),
             map: RwLock::new(Map::new()),
             broken: Mutex::new(HashMap::new()),
             last_scan: Mutex::new(ScanStats::default()),
@@ -235,8 +236,24 @@ impl Index {
         entry.served.get_or_init(|| self.sign(&entry.raw)).clone()
     }
 
+    fn keys(&self) -> Arc<[SigningKey]> {
+        self.sign_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Signs with `keys` from now on. Every entry's signed bytes were made with the old keys,
+    /// so the map is emptied and rebuilt from disk (lookups meanwhile read their file).
+    pub fn set_sign_keys(&self, keys: Vec<SigningKey>) -> io::Result<ScanStats> {
+        *self.sign_keys.write().unwrap_or_else(|e| e.into_inner()) = keys.into();
+        self.write_map().clear();
+        self.rescan()
+    }
+
     fn sign(&self, raw: &Arc<[u8]>) -> Served {
-        if self.sign_keys.is_empty() {
+        let keys = self.keys();
+        if keys.is_empty() {
             return Served::of(raw.clone());
         }
         // `load` only keeps files that are UTF-8 and parse.
@@ -244,7 +261,7 @@ impl Index {
         let signed = NarInfo::parse(text, &self.store_dir)
             .map_err(|e| e.to_string())
             .and_then(|info| {
-                signing::sign_narinfo(text, &info, &self.sign_keys, &self.store_dir)
+                signing::sign_narinfo(text, &info, &keys, &self.store_dir)
                     .map_err(|e| e.to_string())
             });
         match signed {
@@ -282,7 +299,7 @@ impl Index {
         let file_size = info.file_size.unwrap_or(0);
         let raw: Arc<[u8]> = Arc::from(text.into_bytes());
         let served = OnceLock::new();
-        if self.sign_keys.is_empty() {
+        if self.keys().is_empty() {
             // Nothing to add: serve the file's bytes, no second copy.
             let _ = served.set(Served::of(raw.clone()));
         }

@@ -131,9 +131,9 @@ fn fail(message: &str) -> ExitCode {
 
 fn serve(options: cli::Options) -> Result<(), String> {
     init_logging(options.log_level, options.access_log);
-    // Block SIGINT/SIGTERM before any thread starts, so every thread inherits the mask and
-    // only `wait_for_stop_signal` below receives them.
-    let signals = block_stop_signals();
+    // Block SIGINT/SIGTERM/SIGHUP before any thread starts, so every thread inherits the mask
+    // and only `wait_for_signal` below receives them.
+    let signals = block_signals();
 
     raise_open_file_limit();
     let listeners = listeners(&options)?;
@@ -162,6 +162,7 @@ fn serve(options: cli::Options) -> Result<(), String> {
         log::info!("/metrics and /health on http://{addr}");
     }
     let entries = cache.len();
+    let reloadable = cache.clone();
     let mount = Mount::new("/", cache);
     let mut running = Vec::new();
     for listener in listeners.sockets {
@@ -176,7 +177,12 @@ fn serve(options: cli::Options) -> Result<(), String> {
     }
 
     notify(&format!("READY=1\nSTATUS=serving {entries} narinfos"));
-    let signal = wait_for_stop_signal(&signals);
+    let signal = loop {
+        match wait_for_signal(&signals) {
+            libc::SIGHUP => reload(&options, &reloadable),
+            stop => break stop,
+        }
+    };
     notify("STOPPING=1");
     log::info!("received signal {signal}, finishing in-flight requests");
     std::thread::scope(|s| {
@@ -186,6 +192,30 @@ fn serve(options: cli::Options) -> Result<(), String> {
     });
     log::info!("stopped");
     Ok(())
+}
+
+/// `SIGHUP`: reads the upload tokens and signing keys again. A file that cannot be used keeps
+/// what was loaded before, and the log says why.
+fn reload(options: &cli::Options, cache: &Cache) {
+    notify("RELOADING=1");
+    log::info!("received SIGHUP, reloading upload tokens and signing keys");
+    if let (Some(tokens), Some(file)) = (cache.upload_tokens(), &options.upload_token_file) {
+        match tokens.reload() {
+            Ok(n) => log::info!("{n} upload tokens loaded from {}", file.display()),
+            Err(e) => log::warn!("{e}; keeping the previous upload tokens"),
+        }
+    }
+    match load_keys(&options.sign_keys) {
+        Ok(keys) => match cache.set_sign_keys(keys) {
+            Ok(stats) => log::info!(
+                "signing keys reloaded; {} narinfos indexed again",
+                stats.entries
+            ),
+            Err(e) => log::warn!("signing keys reloaded, but the index rescan failed: {e}"),
+        },
+        Err(e) => log::warn!("{e}; keeping the previous signing keys"),
+    }
+    notify("READY=1");
 }
 
 /// The sockets to serve: every one systemd passed (a `.socket` unit may list several
@@ -300,7 +330,7 @@ fn init_logging(level: log::LevelFilter, access_log: bool) {
         .init();
 }
 
-fn block_stop_signals() -> libc::sigset_t {
+fn block_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; pthread_sigmask
     // only changes this thread's mask.
     unsafe {
@@ -308,14 +338,16 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
+/// Waits for SIGINT, SIGTERM (stop) or SIGHUP (reload) and says which.
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     let mut signal = 0;
-    // SAFETY: `set` was built by block_stop_signals; sigwait writes one int.
+    // SAFETY: `set` was built by block_signals; sigwait writes one int.
     unsafe { libc::sigwait(set, &mut signal) };
     signal
 }

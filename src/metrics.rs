@@ -3,8 +3,10 @@
 //! Plain atomics in fixed tables: recording a request costs a few relaxed additions and never
 //! takes a lock, so metrics cannot slow the hot path down.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use crate::route::{FileKind, Route, route};
 
@@ -78,8 +80,8 @@ pub struct Metrics {
     requests: [[AtomicU64; STATUSES.len()]; KINDS.len()],
     bytes_sent: [AtomicU64; KINDS.len()],
     in_flight: AtomicI64,
-    uploads_stored: AtomicU64,
-    upload_bytes: AtomicU64,
+    /// Uploads stored and their bytes, by the name of the token that sent them.
+    uploads_by_token: Mutex<BTreeMap<Arc<str>, (u64, u64)>>,
     uploads_refused: [AtomicU64; STATUSES.len()],
 }
 
@@ -89,8 +91,7 @@ impl Default for Metrics {
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             bytes_sent: std::array::from_fn(|_| AtomicU64::new(0)),
             in_flight: AtomicI64::new(0),
-            uploads_stored: AtomicU64::new(0),
-            upload_bytes: AtomicU64::new(0),
+            uploads_by_token: Mutex::new(BTreeMap::new()),
             uploads_refused: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -116,9 +117,15 @@ impl Metrics {
         self.bytes_sent[kind.index()].fetch_add(body_bytes, Relaxed);
     }
 
-    pub fn upload_stored(&self, bytes: u64) {
-        self.uploads_stored.fetch_add(1, Relaxed);
-        self.upload_bytes.fetch_add(bytes, Relaxed);
+    /// An upload stored for the token named `token` (uploads are rare: a lock is fine).
+    pub fn upload_stored(&self, token: &Arc<str>, bytes: u64) {
+        let mut map = self
+            .uploads_by_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let counts = map.entry(token.clone()).or_default();
+        counts.0 += 1;
+        counts.1 += bytes;
     }
 
     pub fn upload_refused(&self, status: u16) {
@@ -191,20 +198,19 @@ impl Metrics {
             "When the last index scan finished (Unix time).",
             g.last_scan_unix.to_string(),
         );
-        out.push_str(
-            "# HELP nbc_uploads_total Uploads stored.\n# TYPE nbc_uploads_total counter\n",
-        );
-        let _ = writeln!(
-            out,
-            "nbc_uploads_total {}",
-            self.uploads_stored.load(Relaxed)
-        );
-        out.push_str("# HELP nbc_upload_bytes_total Bytes of stored uploads.\n# TYPE nbc_upload_bytes_total counter\n");
-        let _ = writeln!(
-            out,
-            "nbc_upload_bytes_total {}",
-            self.upload_bytes.load(Relaxed)
-        );
+        let uploads = self
+            .uploads_by_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        out.push_str("# HELP nbc_uploads_total Uploads stored, by token name.\n# TYPE nbc_uploads_total counter\n");
+        for (token, (n, _)) in &uploads {
+            let _ = writeln!(out, "nbc_uploads_total{{token=\"{token}\"}} {n}");
+        }
+        out.push_str("# HELP nbc_upload_bytes_total Bytes of stored uploads, by token name.\n# TYPE nbc_upload_bytes_total counter\n");
+        for (token, (_, bytes)) in &uploads {
+            let _ = writeln!(out, "nbc_upload_bytes_total{{token=\"{token}\"}} {bytes}");
+        }
         out.push_str("# HELP nbc_upload_rejections_total Uploads refused, by status.\n# TYPE nbc_upload_rejections_total counter\n");
         for s in 0..STATUSES.len() {
             let n = self.uploads_refused[s].load(Relaxed);
@@ -239,6 +245,8 @@ mod tests {
         m.request_finished(Kind::of("/../x"), 400, 5);
         m.request_started();
         m.upload_refused(401);
+        m.upload_stored(&Arc::from("ci"), 10);
+        m.upload_stored(&Arc::from("ci"), 5);
         let text = m.render(Gauges {
             index_entries: 3,
             ..Gauges::default()
@@ -253,6 +261,11 @@ mod tests {
         assert!(text.contains("nbc_requests_in_flight 1\n"));
         assert!(text.contains("nbc_index_entries 3\n"));
         assert!(text.contains("nbc_upload_rejections_total{status=\"401\"} 1\n"));
+        assert!(
+            text.contains("nbc_uploads_total{token=\"ci\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("nbc_upload_bytes_total{token=\"ci\"} 15\n"));
         assert_eq!(Kind::of("/"), Kind::Landing);
         assert_eq!(Kind::of("/nix-cache-info?x=1"), Kind::CacheInfo);
     }
