@@ -23,6 +23,7 @@ use crate::range::{self, RangeAnswer};
 use crate::response::{Body, Response};
 use crate::route::{FileKind, Route, RouteError, route};
 use crate::send;
+use crate::served_times::{self, Recorder};
 use crate::signing::SigningKey;
 use crate::upload::{Stored, Target};
 
@@ -39,6 +40,11 @@ pub struct Config {
     pub uploads: Option<UploadConfig>,
     /// Keys every served narinfo is signed with (in addition to the signatures it has).
     pub sign_keys: Vec<SigningKey>,
+    /// Where to save when each narinfo was last served, for `gc` (see [`crate::served_times`]).
+    pub served_times_file: Option<PathBuf>,
+    /// Serve `nar/`, `log/`… that are symbolic links leading outside the cache (e.g. NARs on
+    /// another disk); off by default, and `verify` reports such links unless told the same.
+    pub allow_linked_dirs: bool,
 }
 
 impl Config {
@@ -49,6 +55,8 @@ impl Config {
             rescan_interval: Duration::from_secs(60),
             uploads: None,
             sign_keys: Vec::new(),
+            served_times_file: None,
+            allow_linked_dirs: false,
         }
     }
 }
@@ -94,6 +102,8 @@ struct Shared {
     /// `trusted-public-keys` entries of the signing keys, for the landing page.
     public_keys: RwLock<Vec<String>>,
     metrics: Metrics,
+    served_times: Option<Recorder>,
+    allow_linked_dirs: bool,
 }
 
 /// How long clients and proxies may keep each kind of answer.
@@ -147,6 +157,11 @@ impl Cache {
                     .collect(),
             ),
             metrics: Metrics::default(),
+            allow_linked_dirs: config.allow_linked_dirs,
+            served_times: match config.served_times_file.clone() {
+                Some(file) => Some(Recorder::open(file)?),
+                None => None,
+            },
         });
         let stats = shared.index.rescan()?;
         crate::index::give_back_free_memory();
@@ -159,6 +174,13 @@ impl Cache {
         );
         if !config.rescan_interval.is_zero() {
             start_rescans(Arc::downgrade(&shared), config.rescan_interval);
+        }
+        if let Some(recorder) = &shared.served_times {
+            log::info!(
+                "recording when narinfos are served in {}",
+                recorder.file().display()
+            );
+            start_saving_served_times(Arc::downgrade(&shared));
         }
         Ok(Cache { shared })
     }
@@ -198,6 +220,12 @@ impl Cache {
     /// Rebuilds the index now (the background thread does this on its own).
     pub fn rescan(&self) -> io::Result<ScanStats> {
         self.shared.rescan()
+    }
+
+    /// Saves when each narinfo was last served, if a file was configured (also done every
+    /// minute in the background; call it before exiting).
+    pub fn save_served_times(&self) {
+        self.shared.save_served_times();
     }
 
     /// Signs narinfos with `keys` from now on (`SIGHUP`); the index is rebuilt for it.
@@ -489,7 +517,7 @@ impl Cache {
         let Some(dir) = path.parent() else {
             return false;
         };
-        if dir == self.shared.root {
+        if dir == self.shared.root || self.shared.allow_linked_dirs {
             return true;
         }
         match std::fs::canonicalize(dir) {
@@ -500,6 +528,17 @@ impl Cache {
 }
 
 impl Shared {
+    fn save_served_times(&self) {
+        if let Some(recorder) = &self.served_times
+            && let Err(e) = recorder.save(&self.index)
+        {
+            log::warn!(
+                "could not save served times to {}: {e}; gc will see older times",
+                recorder.file().display()
+            );
+        }
+    }
+
     /// The current `nix-cache-info` (replaced by rescans and uploads).
     fn info(&self) -> Arc<CacheInfo> {
         self.info.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -557,6 +596,24 @@ fn start_rescans(shared: Weak<Shared>, interval: Duration) {
         log::error!(
             "could not start the rescan thread: {e}; the index is refreshed per request only"
         );
+    }
+}
+
+/// Saves the served times every [`served_times::SAVE_EVERY`]; ends when the cache is dropped.
+fn start_saving_served_times(shared: Weak<Shared>) {
+    let spawned = std::thread::Builder::new()
+        .name("served-times".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(served_times::SAVE_EVERY);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                shared.save_served_times();
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("could not start saving served times: {e}; they are saved at exit only");
     }
 }
 

@@ -28,6 +28,10 @@ pub struct Options {
     pub ops: OpsEndpoints,
     pub access_log: bool,
     pub timeouts: nix_binary_cache::reaper::Timeouts,
+    /// Where to save when each narinfo was last served (for `gc`).
+    pub state_file: Option<PathBuf>,
+    /// Serve `nar/`, `log/`… that are links leading outside the cache.
+    pub allow_linked_dirs: bool,
 }
 
 /// Where the operator endpoints live.
@@ -57,18 +61,34 @@ pub enum Command {
     Serve(Box<Options>),
     Help,
     Version,
-    /// `verify PATH [--quick]`
+    /// `verify --help`, `gc --help`: the text to print.
+    SubHelp(&'static str),
+    /// `verify PATH [--quick] [--allow-linked-dirs]`
     Verify {
         root: PathBuf,
         quick: bool,
+        allow_linked_dirs: bool,
     },
     /// `gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run]`
     Gc {
         root: PathBuf,
-        older_than_days: Option<u64>,
+        older_than_days: Option<f64>,
         max_size: Option<u64>,
         dry_run: bool,
+        /// The servers' served-times files (several replicas: several files).
+        state_files: Vec<PathBuf>,
     },
+}
+
+/// The served-times file in systemd's `StateDirectory=` (`$STATE_DIRECTORY`), the default of
+/// both the server and `gc`; the unit's path otherwise for `gc`.
+pub fn default_state_file(env: &impl Fn(&str) -> Option<String>, for_gc: bool) -> Option<PathBuf> {
+    let file = nix_binary_cache::served_times::FILE_NAME;
+    match env("STATE_DIRECTORY") {
+        Some(dirs) => dirs.split(':').next().map(|d| PathBuf::from(d).join(file)),
+        None if for_gc => Some(PathBuf::from("/var/lib/nix-binary-cache").join(file)),
+        None => None,
+    }
 }
 
 pub const HELP: &str = "\
@@ -76,8 +96,8 @@ nix-binary-cache: serve a Nix binary cache directory over HTTP
 
 USAGE:
     nix-binary-cache [OPTIONS] PATH
-    nix-binary-cache verify PATH [--quick]
-    nix-binary-cache gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run]
+    nix-binary-cache verify PATH [--quick] [--allow-linked-dirs]   (see verify --help)
+    nix-binary-cache gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run]   (see gc --help)
 
 PATH is a directory written by `nix copy --to file://PATH`.
 
@@ -113,6 +133,13 @@ OPTIONS:
         --stall-timeout SECS    abort a download whose client reads nothing for SECS
                                 [default: 60]                  (NIX_BINARY_CACHE_STALL_TIMEOUT)
         --access-log on|off     one log line per request [default: on] (NIX_BINARY_CACHE_ACCESS_LOG)
+        --state-file FILE       save when each narinfo was last served here (every minute and at
+                                exit), for `gc` [default: $STATE_DIRECTORY/served-times under
+                                systemd's StateDirectory=, else none] (NIX_BINARY_CACHE_STATE_FILE)
+        --allow-linked-dirs     serve nar/, log/… even when they are symbolic links leading
+                                outside PATH (e.g. NARs on another disk); without it such files
+                                get 404, and `verify` reports the link
+                                                     (NIX_BINARY_CACHE_ALLOW_LINKED_DIRS=on|off)
     -h, --help                  print this help
     -V, --version               print the version
 
@@ -139,7 +166,7 @@ pub fn parse(
     let mut args = args.into_iter().peekable();
     match args.peek().and_then(|a| a.to_str()) {
         Some("verify") => return parse_verify(args.skip(1)),
-        Some("gc") => return parse_gc(args.skip(1)),
+        Some("gc") => return parse_gc(args.skip(1), &env),
         _ => {}
     }
     let mut root: Option<PathBuf> = None;
@@ -184,9 +211,17 @@ pub fn parse(
         "NIX_BINARY_CACHE_ACCESS_LOG",
         "access log setting (on or off)",
     )?;
+    let mut allow_linked_dirs: Option<Switch> = env_value(
+        &env,
+        "NIX_BINARY_CACHE_ALLOW_LINKED_DIRS",
+        "linked directories setting (on or off)",
+    )?;
+    let mut state_file = env("NIX_BINARY_CACHE_STATE_FILE")
+        .map(PathBuf::from)
+        .or_else(|| default_state_file(&env, false));
 
     let mut parser = lexopt::Parser::from_args(args);
-    let err = |e: lexopt::Error| UsageError(e.to_string());
+    let err = |e: lexopt::Error| usage(e, "--help");
     while let Some(arg) = parser.next().map_err(err)? {
         match arg {
             Short('p') | Long("port") => port = Some(value(&mut parser, "port")?),
@@ -216,6 +251,8 @@ pub fn parse(
             Long("access-log") => {
                 access_log = Some(value(&mut parser, "access log setting (on or off)")?)
             }
+            Long("state-file") => state_file = Some(value(&mut parser, "state file")?),
+            Long("allow-linked-dirs") => allow_linked_dirs = Some(Switch(true)),
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             Value(v) if root.is_none() => root = Some(PathBuf::from(v)),
@@ -266,6 +303,8 @@ pub fn parse(
                 stall: secs(stall_timeout, d.stall),
             }
         },
+        state_file,
+        allow_linked_dirs: allow_linked_dirs.is_some_and(|s| s.0),
     })))
 }
 
@@ -283,43 +322,102 @@ impl std::str::FromStr for Switch {
     }
 }
 
+pub const VERIFY_HELP: &str = "\
+nix-binary-cache verify: check a cache directory the way clients will use it
+
+USAGE:
+    nix-binary-cache verify PATH [--quick] [--allow-linked-dirs]
+
+Every narinfo must parse, its NAR must exist with the right size and (unless --quick) hash,
+every closure must be complete; stray NARs and temporaries are listed. Exit status 0: clean,
+1: problems found (one line each), 2: verify could not run.
+
+OPTIONS:
+        --quick              do not hash NARs (sizes only)
+        --allow-linked-dirs  accept nar/, log/… that are symbolic links leading outside PATH, as
+                             the server does with the same flag (without it, both refuse them)
+    -h, --help               print this help
+";
+
+pub const GC_HELP: &str = "\
+nix-binary-cache gc: remove old or least recently used paths without breaking a closure
+
+USAGE:
+    nix-binary-cache gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run] [--state-file FILE]
+
+At least one of --older-than and --max-size is needed. Referrers of what is removed are removed
+too; narinfos go first, then listings and NARs.
+
+OPTIONS:
+        --older-than DAYS  remove paths not served for DAYS days (fractions allowed: 0.5 = 12 h)
+        --max-size SIZE    then remove least recently served paths until the cache takes at most
+                           SIZE (e.g. 500G)
+        --dry-run          print the plan, remove nothing
+        --state-file FILE  when each narinfo was last served, as the server saved it (repeatable:
+                           one per replica; the latest time wins)
+                           [default: $STATE_DIRECTORY/served-times, else
+                           /var/lib/nix-binary-cache/served-times]. Without one, gc falls back to
+                           file access and modification times, and says so.
+    -h, --help             print this help
+";
+
 fn parse_verify(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
     use lexopt::prelude::*;
-    let (mut root, mut quick) = (None, false);
+    let (mut root, mut quick, mut allow_linked_dirs) = (None, false, false);
     let mut parser = lexopt::Parser::from_args(args);
-    let err = |e: lexopt::Error| UsageError(e.to_string());
-    while let Some(arg) = parser.next().map_err(err)? {
+    while let Some(arg) = parser.next().map_err(|e| usage(e, "verify --help"))? {
         match arg {
             Long("quick") => quick = true,
+            Long("allow-linked-dirs") => allow_linked_dirs = true,
+            Short('h') | Long("help") => return Ok(Command::SubHelp(VERIFY_HELP)),
             Value(v) if root.is_none() => root = Some(PathBuf::from(v)),
-            _ => return Err(err(arg.unexpected())),
+            _ => return Err(usage(arg.unexpected(), "verify --help")),
         }
     }
-    let root = root
-        .ok_or_else(|| UsageError("verify: missing PATH (usage: verify PATH [--quick])".into()))?;
-    Ok(Command::Verify { root, quick })
+    let root = root.ok_or_else(|| {
+        UsageError("verify: missing PATH (usage: verify PATH [--quick]; see verify --help)".into())
+    })?;
+    Ok(Command::Verify {
+        root,
+        quick,
+        allow_linked_dirs,
+    })
 }
 
-fn parse_gc(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
+fn parse_gc(
+    args: impl IntoIterator<Item = OsString>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Command, UsageError> {
     use lexopt::prelude::*;
     let (mut root, mut older_than_days, mut max_size, mut dry_run) = (None, None, None, false);
+    let mut state_files = Vec::new();
     let mut parser = lexopt::Parser::from_args(args);
-    let err = |e: lexopt::Error| UsageError(e.to_string());
-    while let Some(arg) = parser.next().map_err(err)? {
+    while let Some(arg) = parser.next().map_err(|e| usage(e, "gc --help"))? {
         match arg {
-            Long("older-than") => older_than_days = Some(value(&mut parser, "number of days")?),
+            Long("older-than") => {
+                let days: f64 = value(&mut parser, "number of days (e.g. 30 or 0.5)")?;
+                if !(days.is_finite() && days >= 0.0) {
+                    return Err(UsageError(format!(
+                        "invalid number of days {days}: --older-than takes days >= 0 (e.g. 30 or 0.5)"
+                    )));
+                }
+                older_than_days = Some(days);
+            }
             Long("max-size") => {
                 let text: String = value(&mut parser, "size")?;
                 max_size = Some(parse_size(&text).map_err(UsageError)?);
             }
             Long("dry-run") => dry_run = true,
+            Long("state-file") => state_files.push(value(&mut parser, "state file")?),
+            Short('h') | Long("help") => return Ok(Command::SubHelp(GC_HELP)),
             Value(v) if root.is_none() => root = Some(PathBuf::from(v)),
-            _ => return Err(err(arg.unexpected())),
+            _ => return Err(usage(arg.unexpected(), "gc --help")),
         }
     }
     let root = root.ok_or_else(|| {
         UsageError(
-            "gc: missing PATH (usage: gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run])"
+            "gc: missing PATH (usage: gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run]; \
+             see gc --help)"
                 .into(),
         )
     })?;
@@ -328,12 +426,21 @@ fn parse_gc(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageEr
             "gc needs --older-than DAYS or --max-size SIZE (or both)".into(),
         ));
     }
+    if state_files.is_empty() {
+        state_files.extend(default_state_file(env, true));
+    }
     Ok(Command::Gc {
         root,
         older_than_days,
         max_size,
         dry_run,
+        state_files,
     })
+}
+
+/// A lexopt error (unknown option, missing value…) with a pointer to the help.
+fn usage(e: lexopt::Error, help: &str) -> UsageError {
+    UsageError(format!("{e} (see {help})"))
 }
 
 /// A byte count with an optional binary suffix: `1048576`, `512K`, `512M`, `16G`, `1T`.
@@ -367,7 +474,20 @@ fn value<T: std::str::FromStr>(parser: &mut lexopt::Parser, what: &str) -> Resul
     let raw = parser.value().map_err(|e| UsageError(e.to_string()))?;
     let text = raw.to_string_lossy();
     text.parse()
-        .map_err(|_| UsageError(format!("invalid {what}: {text:?}")))
+        .map_err(|_| UsageError(format!("invalid {what}: {text:?}{}", hint(what))))
+}
+
+/// What a valid value looks like, for the options where the bare "invalid" is not enough.
+fn hint(what: &str) -> &'static str {
+    match what {
+        "port" => " (a port is a number from 1 to 65535; 0 picks a free one)",
+        "bind address" => {
+            " (an IP address is needed, e.g. 127.0.0.1, ::1, 0.0.0.0 or ::; host names are not \
+             resolved)"
+        }
+        "log level" => " (one of off, error, warn, info, debug, trace)",
+        _ => "",
+    }
 }
 
 fn env_value<T: std::str::FromStr>(
@@ -380,7 +500,7 @@ fn env_value<T: std::str::FromStr>(
         Some(text) => text
             .parse()
             .map(Some)
-            .map_err(|_| UsageError(format!("invalid {what} in {var}: {text:?}"))),
+            .map_err(|_| UsageError(format!("invalid {what} in {var}: {text:?}{}", hint(what)))),
     }
 }
 
@@ -491,7 +611,8 @@ mod tests {
             run(&["verify", "/c", "--quick"]),
             Ok(Command::Verify {
                 root: "/c".into(),
-                quick: true
+                quick: true,
+                allow_linked_dirs: false
             })
         );
         assert_eq!(
@@ -502,15 +623,50 @@ mod tests {
                 "30",
                 "--max-size",
                 "1G",
-                "--dry-run"
+                "--dry-run",
+                "--state-file",
+                "/s1",
+                "--state-file",
+                "/s2"
             ]),
             Ok(Command::Gc {
                 root: "/c".into(),
-                older_than_days: Some(30),
+                older_than_days: Some(30.0),
                 max_size: Some(1 << 30),
-                dry_run: true
+                dry_run: true,
+                state_files: vec!["/s1".into(), "/s2".into()],
             })
         );
+        // Fractional days; the state file defaults to systemd's StateDirectory=, else the unit's.
+        let Ok(Command::Gc {
+            older_than_days,
+            state_files,
+            ..
+        }) = run(&["gc", "/c", "--older-than", "0.5"])
+        else {
+            panic!()
+        };
+        assert_eq!(older_than_days, Some(0.5));
+        assert_eq!(
+            state_files,
+            vec![PathBuf::from("/var/lib/nix-binary-cache/served-times")]
+        );
+        let env = |k: &str| (k == "STATE_DIRECTORY").then(|| "/st:/other".to_string());
+        let args = ["gc", "/c", "--max-size", "1G"].map(OsString::from);
+        let Ok(Command::Gc { state_files, .. }) = parse(args, env) else {
+            panic!()
+        };
+        assert_eq!(state_files, vec![PathBuf::from("/st/served-times")]);
+        let Ok(Command::Serve(o)) = parse([OsString::from("/c")], env) else {
+            panic!()
+        };
+        assert_eq!(o.state_file, Some(PathBuf::from("/st/served-times")));
+        assert!(!o.allow_linked_dirs);
+        assert_eq!(
+            run(&["verify", "--help"]),
+            Ok(Command::SubHelp(VERIFY_HELP))
+        );
+        assert_eq!(run(&["gc", "-h"]), Ok(Command::SubHelp(GC_HELP)));
         assert!(
             run(&["gc", "/c"])
                 .unwrap_err()
@@ -525,7 +681,20 @@ mod tests {
         for (args, says) in [
             (&["--port", "x", "/c"][..], "invalid port"),
             (&["--port", "70000", "/c"][..], "invalid port"),
-            (&["--frobnicate", "/c"][..], "frobnicate"),
+            (&["-p", "99999", "/c"][..], "from 1 to 65535"),
+            (
+                &["--bind", "localhost", "/c"][..],
+                "an IP address is needed",
+            ),
+            (
+                &["--log-level", "loud", "/c"][..],
+                "off, error, warn, info, debug, trace",
+            ),
+            (&["--frobnicate", "/c"][..], "see --help"),
+            (&["verify", "/c", "--frobnicate"][..], "see verify --help"),
+            (&["gc", "/c", "--frobnicate"][..], "see gc --help"),
+            (&["gc", "/c", "--older-than", "-1"][..], "days >= 0"),
+            (&["gc", "/c", "--older-than", "soon"][..], "e.g. 30 or 0.5"),
             (&[][..], "missing PATH"),
             (&["/a", "/b"][..], "only one PATH"),
             (&["--threads", "0", "/c"][..], "at least 1"),

@@ -22,7 +22,7 @@ use crate::nix32;
 use crate::signing::{self, SigningKey};
 
 /// Key of the map: the 20 bytes behind a 32-character store hash.
-type Key = [u8; 20];
+pub(crate) type Key = [u8; 20];
 
 /// One narinfo file, as read from disk.
 #[derive(Debug)]
@@ -39,6 +39,9 @@ pub struct Entry {
     served: OnceLock<Served>,
     /// When the file was last found unchanged on disk ([`clock_ms`]).
     checked_ms: AtomicU64,
+    /// When it was last served, in Unix seconds (0: not since it was loaded); for gc's
+    /// least-recently-used order, see [`crate::served_times`].
+    served_unix: AtomicU64,
 }
 
 /// How long a narinfo found unchanged on disk is served without looking again. An `lstat` per
@@ -231,9 +234,23 @@ impl Index {
         }
     }
 
-    /// The bytes to send for `entry`: signed with our keys the first time, then kept.
+    /// The bytes to send for `entry`: signed with our keys the first time, then kept. Notes the
+    /// time, for [`Index::served_times`].
     pub fn served(&self, entry: &Entry) -> Served {
+        let now = unix_now();
+        // A load first: the cache line stays shared while the second has not changed.
+        if entry.served_unix.load(Ordering::Relaxed) != now {
+            entry.served_unix.store(now, Ordering::Relaxed);
+        }
         entry.served.get_or_init(|| self.sign(&entry.raw)).clone()
+    }
+
+    /// Every entry's key and when it was last served (0 if not since it was loaded).
+    pub(crate) fn served_times(&self) -> Vec<(Key, u64)> {
+        self.read_map()
+            .iter()
+            .map(|s| (s.0.key, s.0.served_unix.load(Ordering::Relaxed)))
+            .collect()
     }
 
     fn keys(&self) -> Arc<[SigningKey]> {
@@ -310,6 +327,7 @@ impl Index {
             file_size,
             served,
             checked_ms: AtomicU64::new(clock_ms()),
+            served_unix: AtomicU64::new(0),
         }))
     }
 
@@ -400,6 +418,12 @@ impl Index {
         }
         Ok(hashes)
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// FNV-1a, 64 bits: a stable, cheap fingerprint for entity tags.

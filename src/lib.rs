@@ -39,6 +39,7 @@ pub mod reaper;
 mod response;
 pub mod route;
 pub mod send;
+pub mod served_times;
 pub mod server;
 pub mod signing;
 mod socket;

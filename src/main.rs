@@ -24,19 +24,28 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => fail(&message),
         },
-        Ok(cli::Command::Verify { root, quick }) => run_verify(&root, quick),
+        Ok(cli::Command::SubHelp(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(cli::Command::Verify {
+            root,
+            quick,
+            allow_linked_dirs,
+        }) => run_verify(&root, quick, allow_linked_dirs),
         Ok(cli::Command::Gc {
             root,
             older_than_days,
             max_size,
             dry_run,
-        }) => run_gc(&root, older_than_days, max_size, dry_run),
+            state_files,
+        }) => run_gc(&root, older_than_days, max_size, dry_run, &state_files),
         Err(e) => fail(&e.0),
     }
 }
 
 /// `verify`: exit 0 when the cache is sound, 1 when problems were found, 2 when it cannot run.
-fn run_verify(root: &std::path::Path, quick: bool) -> ExitCode {
+fn run_verify(root: &std::path::Path, quick: bool, allow_linked_dirs: bool) -> ExitCode {
     use std::io::IsTerminal;
     let tty = std::io::stderr().is_terminal();
     let mut last_draw = std::time::Instant::now();
@@ -51,7 +60,10 @@ fn run_verify(root: &std::path::Path, quick: bool) -> ExitCode {
             last_draw = std::time::Instant::now();
         }
     };
-    let options = nix_binary_cache::verify::VerifyOptions { quick };
+    let options = nix_binary_cache::verify::VerifyOptions {
+        quick,
+        allow_linked_dirs,
+    };
     match nix_binary_cache::verify::verify(root, &options, &mut progress) {
         Ok(report) => {
             if tty {
@@ -80,19 +92,44 @@ fn run_verify(root: &std::path::Path, quick: bool) -> ExitCode {
 /// `gc`: prints what goes (and with `--dry-run` stops there).
 fn run_gc(
     root: &std::path::Path,
-    days: Option<u64>,
+    days: Option<f64>,
     max_size: Option<u64>,
     dry_run: bool,
+    state_files: &[std::path::PathBuf],
 ) -> ExitCode {
     use nix_binary_cache::gc;
     let policy = gc::GcPolicy {
-        older_than: days.map(|d| std::time::Duration::from_secs(d * 86400)),
+        older_than: days.map(|d| std::time::Duration::from_secs_f64(d * 86400.0)),
         max_size,
     };
-    let plan = match gc::plan(root, &policy, std::time::SystemTime::now()) {
+    let served = match served_times(state_files) {
+        Ok(served) => served,
+        Err(e) => return fail(&format!("gc {}: {e}", root.display())),
+    };
+    let plan = match gc::plan_with(root, &policy, std::time::SystemTime::now(), served.as_ref()) {
         Ok(plan) => plan,
         Err(e) => return fail(&format!("gc {}: {e}", root.display())),
     };
+    match plan.recency {
+        gc::Recency::Served { known } => println!(
+            "last use: when the server last served each narinfo ({known} paths recorded in {})",
+            state_files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        gc::Recency::FileTimes => println!(
+            "last use: file access and modification times, as no served-times file exists ({}); \
+             access times are coarse and never move on a read-only mount: give the server a \
+             --state-file (the unit's StateDirectory= does) and gc the same file",
+            state_files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
     for p in &plan.paths {
         println!("remove {} ({} bytes): {}", p.store_path, p.bytes, p.reason);
     }
@@ -123,6 +160,19 @@ fn run_gc(
     }
 }
 
+/// The servers' records of when they served each narinfo, merged; `None` if no file exists.
+fn served_times(
+    files: &[std::path::PathBuf],
+) -> std::io::Result<Option<nix_binary_cache::served_times::ServedTimes>> {
+    let mut merged: Option<nix_binary_cache::served_times::ServedTimes> = None;
+    for file in files {
+        if let Some(times) = nix_binary_cache::served_times::ServedTimes::load(file)? {
+            merged.get_or_insert_default().merge(times);
+        }
+    }
+    Ok(merged)
+}
+
 /// One line on stderr and exit status 2: what went wrong and, where possible, what to do.
 fn fail(message: &str) -> ExitCode {
     eprintln!("nix-binary-cache: error: {message}");
@@ -144,6 +194,8 @@ fn serve(options: cli::Options) -> Result<(), String> {
     config.rescan_interval = options.rescan_interval;
     config.sign_keys = load_keys(&options.sign_keys)?;
     config.uploads = upload_config(&options)?;
+    config.served_times_file = options.state_file.clone();
+    config.allow_linked_dirs = options.allow_linked_dirs;
     let cache = Cache::open(config).map_err(|e| e.to_string())?;
 
     let mut pool = PoolConfig::default();
@@ -190,6 +242,7 @@ fn serve(options: cli::Options) -> Result<(), String> {
             s.spawn(move || server.stop());
         }
     });
+    reloadable.save_served_times();
     log::info!("stopped");
     Ok(())
 }

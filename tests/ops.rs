@@ -8,7 +8,7 @@ use std::fs::{File, FileTimes};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use common::{copy_fixture, fixtures, manifest};
+use common::{BIN, Server, TempDir, copy_fixture, fixtures, manifest};
 use nix_binary_cache::gc::{self, GcPolicy, Reason};
 use nix_binary_cache::verify::{Problem, Progress, Report, VerifyOptions, verify};
 
@@ -26,7 +26,11 @@ fn hashes() -> [String; 3] {
 }
 
 fn run_verify(root: &Path, quick: bool) -> Report {
-    verify(root, &VerifyOptions { quick }, &mut |_| {}).unwrap()
+    let options = VerifyOptions {
+        quick,
+        ..VerifyOptions::default()
+    };
+    verify(root, &options, &mut |_| {}).unwrap()
 }
 
 fn describe(report: &Report) -> String {
@@ -535,4 +539,158 @@ fn gc_execute_takes_vanished_files_in_stride_and_checks_the_root() {
         (1, 0, 1)
     );
     assert_clean(root);
+}
+
+// ---- served times (gc's least recently used), the command line, linked directories ----
+
+/// Runs the binary with `args`; (exit status, stdout, stderr).
+fn run_bin(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// Stops the server with SIGTERM and waits for it (a clean stop saves the served times).
+fn stop(mut server: Server) {
+    server.signal("TERM");
+    server.child.wait().unwrap();
+}
+
+#[test]
+fn gc_takes_last_use_from_what_the_server_served() {
+    let cache = copy_fixture("cache-xz");
+    let root = cache.path();
+    let [top, mid, base] = hashes();
+    for h in [&top, &mid, &base] {
+        age_path(root, h, DAY * 30);
+    }
+    let state = TempDir::new("state");
+    let file = state.path().join("served-times");
+    // Nix asks for every narinfo of a closure it substitutes: all three are used today.
+    let server = Server::start(root, &["--state-file", file.to_str().unwrap()]);
+    for h in [&top, &mid, &base] {
+        assert_eq!(server.get(&format!("/{h}.narinfo")).status, 200);
+    }
+    stop(server);
+    let times = nix_binary_cache::served_times::ServedTimes::load(&file)
+        .unwrap()
+        .expect("the server saved its served times at exit");
+    assert_eq!(
+        times.len(),
+        3,
+        "{}",
+        std::fs::read_to_string(&file).unwrap()
+    );
+
+    // File times alone say all three are 30 days old: all would go.
+    let now = SystemTime::now();
+    let by_files = gc::plan(root, &older_than(10), now).unwrap();
+    assert_eq!(by_files.paths.len(), 3);
+    assert_eq!(by_files.recency, gc::Recency::FileTimes);
+    // The server's record says they were served just now: nothing goes.
+    let by_record = gc::plan_with(root, &older_than(10), now, Some(&times)).unwrap();
+    assert!(by_record.paths.is_empty(), "{:?}", by_record.paths);
+    assert_eq!(by_record.recency, gc::Recency::Served { known: 3 });
+    // Ten days later with --older-than 9.5 days (fractions work): all of them.
+    let later = now + DAY * 10;
+    let policy = GcPolicy {
+        older_than: Some(Duration::from_secs_f64(9.5 * 86400.0)),
+        max_size: None,
+    };
+    let plan = gc::plan_with(root, &policy, later, Some(&times)).unwrap();
+    assert_eq!(plan.paths.len(), 3);
+
+    // The command says which it used.
+    let (code, out, err) = run_bin(&[
+        "gc",
+        root.to_str().unwrap(),
+        "--older-than",
+        "10",
+        "--dry-run",
+        "--state-file",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("when the server last served each narinfo (3 paths"),
+        "{out}"
+    );
+    assert!(out.contains("0 paths"), "{out}");
+    let missing = state.path().join("none");
+    let (code, out, err) = run_bin(&[
+        "gc",
+        root.to_str().unwrap(),
+        "--older-than",
+        "0.5",
+        "--dry-run",
+        "--state-file",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("file access and modification times"), "{out}");
+    assert!(out.contains("3 paths"), "{out}");
+}
+
+#[test]
+fn verify_and_gc_help_and_pointless_targets() {
+    for sub in ["verify", "gc"] {
+        let (code, out, _) = run_bin(&[sub, "--help"]);
+        assert_eq!(code, 0);
+        assert!(out.contains(&format!("nix-binary-cache {sub}")), "{out}");
+    }
+    let empty = TempDir::new("empty");
+    let (code, _, err) = run_bin(&["verify", empty.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("holds no *.narinfo file"), "{err}");
+    let file = empty.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let (code, _, err) = run_bin(&["verify", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not a directory"), "{err}");
+    let (code, _, err) = run_bin(&["verify", "/c", "--frobnicate"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("verify --help"), "{err}");
+}
+
+#[test]
+fn verify_and_the_server_agree_about_a_linked_nar_dir() {
+    let cache = copy_fixture("cache-xz");
+    let root = cache.path();
+    let elsewhere = TempDir::new("other-disk");
+    std::fs::rename(root.join("nar"), elsewhere.path().join("nar")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path().join("nar"), root.join("nar")).unwrap();
+    let [top, ..] = hashes();
+    let nar = nar_of(root, &top);
+    let nar_url = format!("/{}", nar.strip_prefix(root).unwrap().display());
+
+    // By default both refuse it: verify says so, the server answers 404.
+    let report = run_verify(root, true);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| matches!(p, Problem::LinkedDir { .. })),
+        "{}",
+        describe(&report)
+    );
+    assert!(describe(&report).contains("--allow-linked-dirs"));
+    let server = Server::start(root, &[]);
+    assert_eq!(server.get(&nar_url).status, 404);
+    drop(server);
+
+    // With the flag both accept it.
+    let options = VerifyOptions {
+        quick: false,
+        allow_linked_dirs: true,
+    };
+    let report = verify(root, &options, &mut |_| {}).unwrap();
+    assert!(report.is_clean(), "{}", describe(&report));
+    let server = Server::start(root, &["--allow-linked-dirs"]);
+    let reply = server.get(&nar_url);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, std::fs::read(&nar).unwrap());
 }
