@@ -136,6 +136,9 @@ impl Cache {
             ));
         }
         let canonical_root = std::fs::canonicalize(&config.root)?;
+        if config.uploads.is_some() {
+            crate::upload::check_writable(&config.root)?;
+        }
         for dir in ["", "nar", "log", "realisations", "debuginfo"] {
             atomic::clean_stale(&config.root.join(dir));
         }
@@ -626,8 +629,11 @@ fn lower_thread_priority() {
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
     };
     if ok != 0 {
-        log::debug!(
-            "could not lower the rescan thread's priority: {}",
+        // Under systemd, a SystemCallFilter= without setpriority does this (the shipped unit
+        // allows it): rescans then compete with requests at normal priority.
+        log::warn!(
+            "could not lower the rescan thread's priority to nice 19: {}; rescans run at \
+             normal priority",
             io::Error::last_os_error()
         );
     }

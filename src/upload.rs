@@ -337,6 +337,23 @@ impl Target<'_> {
     }
 }
 
+/// Fails unless a file can be created in `root`: with uploads enabled, a read-only cache
+/// directory (a read-only mount, a unit without `ReadWritePaths=`, wrong owner) is a mistake to
+/// report at start, not at the first push.
+pub fn check_writable(root: &Path) -> io::Result<()> {
+    TempFile::create_in(root).map(drop).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "uploads are enabled but {} is not writable: {e} (give the server's user write \
+                 access; under systemd add ReadWritePaths={})",
+                root.display(),
+                root.display()
+            ),
+        )
+    })
+}
+
 /// Creates the directory of `target` (e.g. `nar/` in a new cache), world-readable, and returns it.
 fn ensure_dir(target: &Path) -> io::Result<PathBuf> {
     let dir = target.parent().map(Path::to_path_buf).unwrap_or_default();

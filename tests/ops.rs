@@ -694,3 +694,32 @@ fn verify_and_the_server_agree_about_a_linked_nar_dir() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, std::fs::read(&nar).unwrap());
 }
+
+#[test]
+fn the_rescan_thread_runs_at_nice_19() {
+    let server = Server::start(&fixtures().join("cache-xz"), &["--rescan-interval", "1"]);
+    let tasks = format!("/proc/{}/task", server.pid());
+    let nice_of = |name: &str| -> Option<i64> {
+        std::fs::read_dir(&tasks).ok()?.flatten().find_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            if comm.trim() != name {
+                return None;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // Fields after the ")" that ends the command name: state is field 3, nice 19.
+            let rest = stat.rsplit_once(')')?.1;
+            rest.split_whitespace().nth(16)?.parse().ok()
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while nice_of("rescan-worker").is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(nice_of("rescan-worker"), Some(19), "{}", server.log());
+    assert_eq!(nice_of("rescan"), Some(0), "only the worker is lowered");
+    assert!(
+        !server.log().contains("could not lower"),
+        "{}",
+        server.log()
+    );
+}

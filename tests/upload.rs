@@ -580,3 +580,23 @@ fn nix_store_sign_over_http_adds_a_signature() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn uploads_on_a_read_only_directory_fail_at_start() {
+    let secrets = TempDir::new("ro");
+    let tokens = secrets.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    // /proc: a directory where no file can be created, even by root (who ignores modes).
+    let out = std::process::Command::new(BIN)
+        .args(["/proc", "-p", "0", "--bind", "127.0.0.1"])
+        .args(["--upload-token-file", tokens.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("uploads are enabled but /proc is not writable")
+            && stderr.contains("ReadWritePaths=/proc"),
+        "{stderr}"
+    );
+}
