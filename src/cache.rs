@@ -136,6 +136,7 @@ impl Cache {
             ));
         }
         let canonical_root = std::fs::canonicalize(&config.root)?;
+        crate::process_stats::note_start();
         if config.uploads.is_some() {
             crate::upload::check_writable(&config.root)?;
         }
@@ -320,6 +321,12 @@ impl Cache {
         let sent = send::send_logged(request, response, close, start);
         let bytes = sent.map_or(0, |s| s.body_bytes);
         self.shared.metrics.request_finished(kind, status, bytes);
+        self.shared.metrics.observe_latency(kind, start.elapsed());
+    }
+
+    /// The connection counts `/metrics` shows come from `source` (the server engine's).
+    pub fn set_connection_source(&self, source: crate::metrics::ConnectionSource) {
+        self.shared.metrics.set_connection_source(source);
     }
 
     /// `GET /metrics`: Prometheus text format.
@@ -330,6 +337,7 @@ impl Cache {
             nar_bytes: self.total_nar_bytes(),
             last_scan_seconds: scan.duration.as_secs_f64(),
             last_scan_unix: scan.finished_unix,
+            skipped_narinfos: scan.skipped,
         })
     }
 

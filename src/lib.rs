@@ -34,6 +34,7 @@ pub mod metrics;
 mod mount;
 pub mod narinfo;
 pub mod nix32;
+mod process_stats;
 pub mod range;
 pub mod reaper;
 mod response;

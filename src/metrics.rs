@@ -6,7 +6,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::process_stats;
 
 use crate::route::{FileKind, Route, route};
 
@@ -75,8 +78,45 @@ fn status_index(status: u16) -> usize {
         .unwrap_or(STATUSES.len() - 1)
 }
 
+/// Upper bounds of the request-latency histogram buckets, in seconds (plus `+Inf`).
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Connection figures from the server engine, which owns the sockets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionCounts {
+    /// Connections open now.
+    pub open: u64,
+    /// Connections accepted since start.
+    pub accepted: u64,
+}
+
+/// Asked for connection counts when `/metrics` is rendered.
+pub type ConnectionSource = Box<dyn Fn() -> ConnectionCounts + Send + Sync>;
+
+/// How long requests took, for one route kind: cumulative-free bucket counts, sum and count.
+struct Latency {
+    /// `buckets[i]`: requests that took at most `LATENCY_BUCKETS[i]` and more than the bound
+    /// before it; the last one counts the rest (`+Inf`).
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
 /// All counters of one cache.
 pub struct Metrics {
+    latency: [Latency; KINDS.len()],
+    /// Supplied by the server engine (see [`Metrics::set_connection_source`]).
+    connections: OnceLock<ConnectionSource>,
     requests: [[AtomicU64; STATUSES.len()]; KINDS.len()],
     bytes_sent: [AtomicU64; KINDS.len()],
     in_flight: AtomicI64,
@@ -88,6 +128,8 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
+            latency: std::array::from_fn(|_| Latency::default()),
+            connections: OnceLock::new(),
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             bytes_sent: std::array::from_fn(|_| AtomicU64::new(0)),
             in_flight: AtomicI64::new(0),
@@ -104,6 +146,8 @@ pub struct Gauges {
     pub nar_bytes: u64,
     pub last_scan_seconds: f64,
     pub last_scan_unix: u64,
+    /// narinfo files the last scan skipped (malformed, unreadable).
+    pub skipped_narinfos: usize,
 }
 
 impl Metrics {
@@ -118,6 +162,27 @@ impl Metrics {
     }
 
     /// An upload stored for the token named `token` (uploads are rare: a lock is fine).
+    /// Records how long a request of `kind` took (from its arrival to its answer being handed
+    /// over); a few relaxed additions.
+    pub fn observe_latency(&self, kind: Kind, took: Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&bound| secs <= bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        let l = &self.latency[kind.index()];
+        l.buckets[bucket].fetch_add(1, Relaxed);
+        l.sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    /// Where connection counts come from: the server engine, which owns the connections, sets
+    /// this once; until then `/metrics` has no connection lines.
+    pub fn set_connection_source(&self, source: ConnectionSource) {
+        if self.connections.set(source).is_err() {
+            log::warn!("a connection count source was already set; keeping the first");
+        }
+    }
+
     pub fn upload_stored(&self, token: &Arc<str>, bytes: u64) {
         let mut map = self
             .uploads_by_token
@@ -152,6 +217,31 @@ impl Metrics {
                     );
                 }
             }
+        }
+        out.push_str(
+            "# HELP nbc_request_duration_seconds Time from a request's arrival to its answer \
+             being handed to the connection, by route kind.\n\
+             # TYPE nbc_request_duration_seconds histogram\n",
+        );
+        for (k, (_, kind)) in KINDS.iter().enumerate() {
+            let l = &self.latency[k];
+            let mut cumulative = 0;
+            for (i, bucket) in l.buckets.iter().enumerate() {
+                cumulative += bucket.load(Relaxed);
+                let le = LATENCY_BUCKETS
+                    .get(i)
+                    .map_or("+Inf".to_string(), |b| b.to_string());
+                let _ = writeln!(
+                    out,
+                    "nbc_request_duration_seconds_bucket{{kind=\"{kind}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let sum = l.sum_micros.load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "nbc_request_duration_seconds_sum{{kind=\"{kind}\"}} {sum:.6}\n\
+                 nbc_request_duration_seconds_count{{kind=\"{kind}\"}} {cumulative}"
+            );
         }
         out.push_str("# HELP nbc_sent_bytes_total Response body bytes sent, by route kind.\n");
         out.push_str("# TYPE nbc_sent_bytes_total counter\n");
@@ -198,6 +288,57 @@ impl Metrics {
             "When the last index scan finished (Unix time).",
             g.last_scan_unix.to_string(),
         );
+        gauge(
+            &mut out,
+            "nbc_index_skipped_narinfos",
+            "narinfo files the last scan skipped (malformed or unreadable; the log names them).",
+            g.skipped_narinfos.to_string(),
+        );
+        let process = process_stats::read();
+        let figures = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                process.resident_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Open file descriptors (connections, files being sent, listeners).",
+                process.open_fds,
+            ),
+            (
+                "process_threads",
+                "Threads of the process.",
+                process.threads,
+            ),
+        ];
+        for (name, help, value) in figures {
+            if let Some(v) = value {
+                gauge(&mut out, name, help, v.to_string());
+            }
+        }
+        gauge(
+            &mut out,
+            "process_start_time_seconds",
+            "When the server started, in Unix seconds.",
+            format!("{:.3}", process.start_unix),
+        );
+        if let Some(source) = self.connections.get() {
+            let c = source();
+            gauge(
+                &mut out,
+                "nbc_connections_open",
+                "Client connections open now.",
+                c.open.to_string(),
+            );
+            let _ = write!(
+                out,
+                "# HELP nbc_connections_accepted_total Client connections accepted.\n\
+                 # TYPE nbc_connections_accepted_total counter\n\
+                 nbc_connections_accepted_total {}\n",
+                c.accepted
+            );
+        }
         let uploads = self
             .uploads_by_token
             .lock()
@@ -267,6 +408,42 @@ mod tests {
         );
         assert!(text.contains("nbc_upload_bytes_total{token=\"ci\"} 15\n"));
         assert_eq!(Kind::of("/"), Kind::Landing);
+        assert!(text.contains("nbc_index_skipped_narinfos 0\n"));
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.contains("process_open_fds ") && text.contains("process_threads "));
+        assert!(
+            !text.contains("nbc_connections_open"),
+            "no source set: no lines"
+        );
+    }
+
+    #[test]
+    fn latency_histogram_is_cumulative_per_kind() {
+        let m = Metrics::default();
+        m.observe_latency(Kind::NarInfo, Duration::from_micros(300));
+        m.observe_latency(Kind::NarInfo, Duration::from_millis(3));
+        m.observe_latency(Kind::NarInfo, Duration::from_secs(60));
+        m.observe_latency(Kind::Nar, Duration::from_millis(30));
+        m.set_connection_source(Box::new(|| ConnectionCounts {
+            open: 7,
+            accepted: 42,
+        }));
+        let text = m.render(Gauges::default());
+        for line in [
+            "nbc_request_duration_seconds_bucket{kind=\"narinfo\",le=\"0.0005\"} 1\n",
+            "nbc_request_duration_seconds_bucket{kind=\"narinfo\",le=\"0.0025\"} 1\n",
+            "nbc_request_duration_seconds_bucket{kind=\"narinfo\",le=\"0.005\"} 2\n",
+            "nbc_request_duration_seconds_bucket{kind=\"narinfo\",le=\"10\"} 2\n",
+            "nbc_request_duration_seconds_bucket{kind=\"narinfo\",le=\"+Inf\"} 3\n",
+            "nbc_request_duration_seconds_count{kind=\"narinfo\"} 3\n",
+            "nbc_request_duration_seconds_sum{kind=\"narinfo\"} 60.003300\n",
+            "nbc_request_duration_seconds_bucket{kind=\"nar\",le=\"0.025\"} 0\n",
+            "nbc_request_duration_seconds_bucket{kind=\"nar\",le=\"0.05\"} 1\n",
+            "nbc_connections_open 7\n",
+            "nbc_connections_accepted_total 42\n",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
         assert_eq!(Kind::of("/nix-cache-info?x=1"), Kind::CacheInfo);
     }
 }

@@ -723,3 +723,47 @@ fn the_rescan_thread_runs_at_nice_19() {
         server.log()
     );
 }
+
+#[test]
+fn metrics_operators_expect() {
+    let cache = copy_fixture("cache-xz");
+    std::fs::write(
+        cache.path().join(format!("{}.narinfo", "1".repeat(32))),
+        "not a narinfo\n",
+    )
+    .unwrap();
+    let server = Server::start(cache.path(), &[]);
+    let [top, ..] = hashes();
+    for _ in 0..3 {
+        assert_eq!(server.get(&format!("/{top}.narinfo")).status, 200);
+    }
+    let text = server.get("/metrics").text();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value("nbc_request_duration_seconds_count{kind=\"narinfo\"} "),
+        3.0
+    );
+    assert_eq!(
+        value("nbc_request_duration_seconds_bucket{kind=\"narinfo\",le=\"+Inf\"} "),
+        3.0
+    );
+    assert!(text.contains("# TYPE nbc_request_duration_seconds histogram\n"));
+    assert_eq!(value("nbc_index_skipped_narinfos "), 1.0);
+    let rss = value("process_resident_memory_bytes ");
+    assert!(rss > 1e6 && rss < 1e9, "{rss}");
+    assert!(value("process_open_fds ") >= 3.0);
+    assert!(value("process_threads ") >= 4.0);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start = value("process_start_time_seconds ");
+    assert!(start <= now && start > now - 60.0, "{start} vs {now}");
+}
