@@ -162,10 +162,7 @@ impl Cache {
             ),
             metrics: Metrics::default(),
             allow_linked_dirs: config.allow_linked_dirs,
-            served_times: match config.served_times_file.clone() {
-                Some(file) => Some(Recorder::open(file)?),
-                None => None,
-            },
+            served_times: config.served_times_file.clone().map(Recorder::open),
         });
         let stats = shared.index.rescan()?;
         crate::index::give_back_free_memory();

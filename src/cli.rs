@@ -118,8 +118,9 @@ OPTIONS:
                                                    (NIX_BINARY_CACHE_SIGN_KEY_FILE, comma-separated)
         --upload-token-file FILE
                                 accept PUT uploads (`nix copy --to http://…`) from clients that
-                                send one of the tokens in FILE (one per line) as HTTP Basic
-                                password or Bearer token        (NIX_BINARY_CACHE_UPLOAD_TOKEN_FILE)
+                                send one of the tokens in FILE as HTTP Basic password or Bearer
+                                token; one `name:token` (the name is logged) or bare token per
+                                line; SIGHUP re-reads it      (NIX_BINARY_CACHE_UPLOAD_TOKEN_FILE)
         --max-upload-size SIZE  largest NAR, log or listing accepted, e.g. 512M, 16G
                                 [default: 16G]                 (NIX_BINARY_CACHE_MAX_UPLOAD_SIZE)
         --max-uploads N         uploads at once; more get 503 and Nix retries [default: 8]

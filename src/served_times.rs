@@ -111,13 +111,17 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    /// Starts from what `file` already holds (times of earlier runs), if it exists.
-    pub fn open(file: PathBuf) -> io::Result<Recorder> {
-        let times = ServedTimes::load(&file)?.unwrap_or_default();
-        Ok(Recorder {
+    /// Starts from what `file` already holds (times of earlier runs). A file that cannot be
+    /// read costs the earlier times, not the start: the log says so, and saving replaces it.
+    pub fn open(file: PathBuf) -> Recorder {
+        let times = ServedTimes::load(&file).unwrap_or_else(|e| {
+            log::warn!("{e}; starting a new record of served times");
+            None
+        });
+        Recorder {
             file,
-            times: Mutex::new(times),
-        })
+            times: Mutex::new(times.unwrap_or_default()),
+        }
     }
 
     pub fn file(&self) -> &Path {
