@@ -767,3 +767,77 @@ fn metrics_operators_expect() {
     let start = value("process_start_time_seconds ");
     assert!(start <= now && start > now - 60.0, "{start} vs {now}");
 }
+
+/// A seccomp filter that makes `setpriority` fail with EPERM, as the unit's
+/// `SystemCallFilter=~@resources` did before it allowed the call again; installed in the child
+/// between fork and exec.
+fn deny_setpriority(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let filter = [
+        stmt(load, 4), // seccomp_data.arch
+        jump(AUDIT_ARCH_X86_64, 0, 3),
+        stmt(load, 0), // seccomp_data.nr
+        jump(libc::SYS_setpriority as u32, 0, 1),
+        stmt(libc::BPF_RET, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(libc::BPF_RET, libc::SECCOMP_RET_ALLOW),
+    ];
+    // Written for x86_64 (this machine): elsewhere the filter allows everything and the test
+    // fails, it does not pass by accident.
+    // SAFETY: only async-signal-safe prctl calls between fork and exec; `filter` outlives them
+    // (the closure owns it).
+    unsafe {
+        command.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn a_rescan_that_cannot_lower_its_priority_says_so_as_a_warning() {
+    let mut command = std::process::Command::new(BIN);
+    deny_setpriority(&mut command);
+    let server = Server::start_command(command, &fixtures().join("cache-xz"), &[]);
+    assert!(
+        server.wait_for_log(
+            "could not lower the rescan thread's priority",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        server.log()
+    );
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("could not lower"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("WARN"), "{line}");
+    assert_eq!(server.get("/nix-cache-info").status, 200, "serving goes on");
+}

@@ -111,7 +111,8 @@ impl Server {
         assert!(status.success(), "kill -{signal} failed");
     }
 
-    fn start_command(mut command: Command, root: &Path, extra: &[&str]) -> Server {
+    /// Starts `command` (the server binary, or a wrapper that execs it) like [`Server::start`].
+    pub fn start_command(mut command: Command, root: &Path, extra: &[&str]) -> Server {
         let mut child = command
             .arg(root)
             .args(["-p", "0", "--bind", "127.0.0.1", "--log-level", "debug"])
