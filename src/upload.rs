@@ -171,28 +171,38 @@ impl Target<'_> {
         // one must not interleave with another upload of the same path. (They are tiny.)
         static COMMIT: Mutex<()> = Mutex::new(());
         let _one = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
+        // Two rounds at most: a file that appears between the look and the link is compared.
+        for _ in 0..2 {
             let old = match crate::files::open_regular(target)? {
                 Some((mut file, _)) => {
-                    let mut old = String::new();
-                    file.read_to_string(&mut old).ok().map(|_| old)
+                    let mut bytes = Vec::new();
+                    file.read_to_end(&mut bytes)?;
+                    // Not UTF-8: malformed, like a file that does not parse.
+                    String::from_utf8(bytes).ok()
                 }
+                // Something that is not a regular file (a link, which is never served): replaced.
+                None if std::fs::symlink_metadata(target).is_ok() => None,
                 None => {
                     let dir = ensure_dir(target)?;
                     let mut temp = TempFile::create_in(&dir)?;
                     temp.file().write_all(text.as_bytes())?;
                     match temp.commit_new(target) {
-                        // Another replica created it meanwhile: compare with that one.
+                        // Another writer created it meanwhile: compare with that one.
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                         done => return Ok(done?),
                     }
                 }
             };
-            let parsed = old
-                .as_deref()
-                .map(|t| NarInfo::parse(t, self.store_dir).ok().map(|i| (t, i)));
+            // A file naming another path is as unservable as one that does not parse.
+            let parsed = old.as_deref().map(|t| {
+                NarInfo::parse(t, self.store_dir)
+                    .ok()
+                    .filter(|i| i.store_hash() == info.store_hash())
+                    .map(|i| (t, i))
+            });
             let Some(Some((old_text, old_info))) = parsed else {
-                // A stored narinfo that does not parse is not served: a valid one may repair it.
+                // A stored narinfo that does not parse (or is not a file) is not served: a valid
+                // one may repair it.
                 log::warn!("{}: replacing a malformed narinfo", target.display());
                 return self.write_bytes(target, text.as_bytes());
             };
@@ -202,6 +212,10 @@ impl Target<'_> {
                 Err(why) => Err(UploadError::Conflict(why)),
             };
         }
+        Err(UploadError::Conflict(format!(
+            "{}.narinfo changed while this upload was compared with it; retry",
+            info.store_hash()
+        )))
     }
 
     /// The narinfo is the commit point of an upload: its NAR must already be here, whole.
@@ -581,6 +595,29 @@ mod tests {
         t.store(&path, None, &mut info.as_bytes()).unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), signed);
         assert!(files_in(&root).iter().all(|n| !n.starts_with(".nbc")));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn an_unservable_stored_narinfo_may_be_repaired() {
+        let root = scratch("repair");
+        let t = target(&root);
+        let (info, path) = stored_path(&t, b"a nar");
+        let file = root.join(path.trim_start_matches('/'));
+        let other_path = info.replace("4q1c78ism9fv0myqldmih68c6yjmpi2d", &"1".repeat(32));
+        for broken in ["junk".to_string(), other_path] {
+            std::fs::write(&file, broken).unwrap();
+            t.store(&path, None, &mut info.as_bytes()).unwrap();
+            assert_eq!(std::fs::read_to_string(&file).unwrap(), info);
+        }
+        // A link in its place (never served) is replaced by the file, not written through.
+        let outside = root.join("outside");
+        std::fs::write(&outside, "x").unwrap();
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(&outside, &file).unwrap();
+        t.store(&path, None, &mut info.as_bytes()).unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "x");
+        assert!(std::fs::symlink_metadata(&file).unwrap().is_file());
         std::fs::remove_dir_all(root).unwrap();
     }
 
