@@ -45,6 +45,9 @@ pub struct Config {
     /// Serve `nar/`, `log/`… that are symbolic links leading outside the cache (e.g. NARs on
     /// another disk); off by default, and `verify` reports such links unless told the same.
     pub allow_linked_dirs: bool,
+    /// Believe `X-Forwarded-Proto`/`X-Forwarded-Host` for the landing page's URLs (only behind a
+    /// proxy that sets them).
+    pub trust_proxy_headers: bool,
 }
 
 impl Config {
@@ -57,6 +60,7 @@ impl Config {
             sign_keys: Vec::new(),
             served_times_file: None,
             allow_linked_dirs: false,
+            trust_proxy_headers: false,
         }
     }
 }
@@ -104,6 +108,7 @@ struct Shared {
     metrics: Metrics,
     served_times: Option<Recorder>,
     allow_linked_dirs: bool,
+    trust_proxy_headers: bool,
 }
 
 /// How long clients and proxies may keep each kind of answer.
@@ -162,6 +167,7 @@ impl Cache {
             ),
             metrics: Metrics::default(),
             allow_linked_dirs: config.allow_linked_dirs,
+            trust_proxy_headers: config.trust_proxy_headers,
             served_times: config.served_times_file.clone().map(Recorder::open),
         });
         let stats = shared.index.rescan()?;
@@ -339,15 +345,13 @@ impl Cache {
     }
 
     fn landing(&self, headers: &[Header]) -> Response {
-        let host = headers
-            .iter()
-            .find(|h| h.field.equiv("Host"))
-            .map(|h| h.value.as_str());
+        let (scheme, host) = landing::origin(headers, self.shared.trust_proxy_headers);
         let info = self.shared.info();
         let public_keys = self.shared.public_keys.read().map(|k| k.clone());
         let public_keys = public_keys.unwrap_or_default();
         let page = landing::render(&landing::Facts {
             host,
+            scheme,
             cache_info: &info.text,
             paths: self.len(),
             nar_bytes: self.total_nar_bytes(),

@@ -32,6 +32,8 @@ pub struct Options {
     pub state_file: Option<PathBuf>,
     /// Serve `nar/`, `log/`… that are links leading outside the cache.
     pub allow_linked_dirs: bool,
+    /// Believe a proxy's `X-Forwarded-Proto`/`-Host` on the landing page.
+    pub trust_proxy_headers: bool,
 }
 
 /// Where the operator endpoints live.
@@ -141,6 +143,9 @@ OPTIONS:
                                 outside PATH (e.g. NARs on another disk); without it such files
                                 get 404, and `verify` reports the link
                                                      (NIX_BINARY_CACHE_ALLOW_LINKED_DIRS=on|off)
+        --trust-proxy-headers   the landing page's URLs follow X-Forwarded-Proto and
+                                X-Forwarded-Host; only behind a proxy that sets them
+                                                   (NIX_BINARY_CACHE_TRUST_PROXY_HEADERS=on|off)
     -h, --help                  print this help
     -V, --version               print the version
 
@@ -217,6 +222,11 @@ pub fn parse(
         "NIX_BINARY_CACHE_ALLOW_LINKED_DIRS",
         "linked directories setting (on or off)",
     )?;
+    let mut trust_proxy_headers: Option<Switch> = env_value(
+        &env,
+        "NIX_BINARY_CACHE_TRUST_PROXY_HEADERS",
+        "proxy headers setting (on or off)",
+    )?;
     let mut state_file = env("NIX_BINARY_CACHE_STATE_FILE")
         .map(PathBuf::from)
         .or_else(|| default_state_file(&env, false));
@@ -254,6 +264,7 @@ pub fn parse(
             }
             Long("state-file") => state_file = Some(value(&mut parser, "state file")?),
             Long("allow-linked-dirs") => allow_linked_dirs = Some(Switch(true)),
+            Long("trust-proxy-headers") => trust_proxy_headers = Some(Switch(true)),
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             Value(v) if root.is_none() => root = Some(PathBuf::from(v)),
@@ -306,6 +317,7 @@ pub fn parse(
         },
         state_file,
         allow_linked_dirs: allow_linked_dirs.is_some_and(|s| s.0),
+        trust_proxy_headers: trust_proxy_headers.is_some_and(|s| s.0),
     })))
 }
 

@@ -196,6 +196,7 @@ fn serve(options: cli::Options) -> Result<(), String> {
     config.uploads = upload_config(&options)?;
     config.served_times_file = options.state_file.clone();
     config.allow_linked_dirs = options.allow_linked_dirs;
+    config.trust_proxy_headers = options.trust_proxy_headers;
     let cache = Cache::open(config).map_err(|e| e.to_string())?;
 
     let mut pool = PoolConfig::default();

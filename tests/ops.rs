@@ -842,3 +842,35 @@ fn a_rescan_that_cannot_lower_its_priority_says_so_as_a_warning() {
     assert!(line.contains("WARN"), "{line}");
     assert_eq!(server.get("/nix-cache-info").status, 200, "serving goes on");
 }
+
+#[test]
+fn landing_page_trusts_proxy_headers_only_when_told_and_flags_an_unsigned_cache() {
+    let forwarded = [
+        ("Host", "10.0.0.5:8080"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "cache.example.org"),
+    ];
+    let root = fixtures().join("cache-xz");
+    let plain = Server::start(&root, &[]);
+    let page = common::request(plain.port, "GET", "/", &forwarded).text();
+    assert!(
+        page.contains("substituters = http://10.0.0.5:8080 "),
+        "{page}"
+    );
+    assert!(
+        page.contains("id=\"unsigned\"") && page.contains("require-sigs"),
+        "{page}"
+    );
+
+    let key = fixtures().join("keys/test-key.sec");
+    let behind_proxy = Server::start(
+        &root,
+        &["--trust-proxy-headers", "--sign-key", key.to_str().unwrap()],
+    );
+    let page = common::request(behind_proxy.port, "GET", "/", &forwarded).text();
+    assert!(
+        page.contains("substituters = https://cache.example.org "),
+        "{page}"
+    );
+    assert!(!page.contains("id=\"unsigned\""), "{page}");
+}
