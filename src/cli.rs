@@ -27,7 +27,7 @@ pub struct Options {
     /// Where `/metrics` and `/health` are answered.
     pub ops: OpsEndpoints,
     pub access_log: bool,
-    pub timeouts: nix_binary_cache::reaper::Timeouts,
+    pub timeouts: nix_binary_cache::server::Timeouts,
 }
 
 /// Where the operator endpoints live.
@@ -256,11 +256,11 @@ pub fn parse(
         ops: ops.unwrap_or(OpsEndpoints::Main),
         access_log: access_log.is_none_or(|s| s.0),
         timeouts: {
-            let d = nix_binary_cache::reaper::Timeouts::default();
+            let d = nix_binary_cache::server::Timeouts::default();
             let secs = |v: Option<u64>, default: Duration| {
                 v.map_or(default, |s| Duration::from_secs(s.max(1)))
             };
-            nix_binary_cache::reaper::Timeouts {
+            nix_binary_cache::server::Timeouts {
                 header: secs(header_timeout, d.header),
                 idle: secs(idle_timeout, d.idle),
                 stall: secs(stall_timeout, d.stall),

@@ -158,7 +158,8 @@ fn serve(options: cli::Options) -> Result<(), String> {
     if let cli::OpsEndpoints::Separate(addr) = options.ops {
         let listener =
             server::bind(addr).map_err(|e| format!("cannot listen for /metrics on {addr}: {e}"))?;
-        server::start_ops_listener(listener, cache.clone()).map_err(|e| e.to_string())?;
+        server::start_ops_listener(listener, cache.clone(), options.timeouts)
+            .map_err(|e| e.to_string())?;
         log::info!("/metrics and /health on http://{addr}");
     }
     let entries = cache.len();

@@ -1,170 +1,50 @@
-//! # Simple usage
-//!
-//! ## Creating the server
-//!
-//! The easiest way to create a server is to call `Server::http()`.
-//!
-//! The `http()` function returns an `IoResult<Server>` which will return an error
-//! in the case where the server creation fails (for example if the listening port is already
-//! occupied).
+//! tiny_http 0.12's API (servers, requests, responses, headers) over an epoll connection
+//! engine: no thread per connection, strict and bounded HTTP/1.1 parsing, and deadlines on
+//! every wait. See `ENGINE.md` for the design and what differs from upstream tiny_http.
 //!
 //! ```no_run
-//! let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-//! ```
-//!
-//! A newly-created `Server` will immediately start listening for incoming connections and HTTP
-//! requests.
-//!
-//! ## Receiving requests
-//!
-//! Calling `server.recv()` will block until the next request is available.
-//! This function returns an `IoResult<Request>`, so you need to handle the possible errors.
-//!
-//! ```no_run
-//! # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-//!
-//! loop {
-//!     // blocks until the next request is received
-//!     let request = match server.recv() {
-//!         Ok(rq) => rq,
-//!         Err(e) => { println!("error: {}", e); break }
-//!     };
-//!
-//!     // do something with the request
-//!     // ...
+//! let server = tiny_http::Server::http("127.0.0.1:8080").unwrap();
+//! // Any number of threads may call `recv`: each waits for a connection event itself and
+//! // returns the request to answer on the same thread.
+//! for request in server.incoming_requests() {
+//!     let _ = request.respond(tiny_http::Response::from_string("hello"));
 //! }
 //! ```
-//!
-//! In a real-case scenario, you will probably want to spawn multiple worker tasks and call
-//! `server.recv()` on all of them. Like this:
-//!
-//! ```no_run
-//! # use std::sync::Arc;
-//! # use std::thread;
-//! # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-//! let server = Arc::new(server);
-//! let mut guards = Vec::with_capacity(4);
-//!
-//! for _ in (0 .. 4) {
-//!     let server = server.clone();
-//!
-//!     let guard = thread::spawn(move || {
-//!         loop {
-//!             let rq = server.recv().unwrap();
-//!
-//!             // ...
-//!         }
-//!     });
-//!
-//!     guards.push(guard);
-//! }
-//! ```
-//!
-//! If you don't want to block, you can call `server.try_recv()` instead.
-//!
-//! ## Handling requests
-//!
-//! The `Request` object returned by `server.recv()` contains informations about the client's request.
-//! The most useful methods are probably `request.method()` and `request.url()` which return
-//! the requested method (`GET`, `POST`, etc.) and url.
-//!
-//! To handle a request, you need to create a `Response` object. See the docs of this object for
-//! more infos. Here is an example of creating a `Response` from a file:
-//!
-//! ```no_run
-//! # use std::fs::File;
-//! # use std::path::Path;
-//! let response = tiny_http::Response::from_file(File::open(&Path::new("image.png")).unwrap());
-//! ```
-//!
-//! All that remains to do is call `request.respond()`:
-//!
-//! ```no_run
-//! # use std::fs::File;
-//! # use std::path::Path;
-//! # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-//! # let request = server.recv().unwrap();
-//! # let response = tiny_http::Response::from_file(File::open(&Path::new("image.png")).unwrap());
-//! let _ = request.respond(response);
-//! ```
-#![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
-#![allow(clippy::match_like_matches_macro)]
+#![deny(unsafe_code)]
 
-#[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-use zeroize::Zeroizing;
-
-use std::error::Error;
-use std::io::Error as IoError;
-use std::io::ErrorKind as IoErrorKind;
-use std::io::Result as IoResult;
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc;
-use std::sync::Arc;
-use std::thread;
-use std::time::Duration;
-
-use client::ClientConnection;
-use connection::Connection;
-use util::MessagesQueue;
-
-pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
-pub use connection::{ConfigListenAddr, ListenAddr, Listener};
-pub use request::{ReadWrite, Request};
-pub use response::{Response, ResponseBox};
-pub use test::TestRequest;
-
-mod client;
 mod common;
-mod connection;
+mod engine;
+mod listen;
 mod request;
 mod response;
-mod ssl;
-mod test;
-mod util;
 
-/// The main class of this library.
-///
-/// Destroying this object will immediately close the listening socket and the reading
-///  part of all the client's connections. Requests that have already been returned by
-///  the `recv()` function will not close and the responses will be transferred to the client.
+use std::error::Error;
+use std::io;
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
+pub use engine::Limits;
+pub use listen::{ConfigListenAddr, ListenAddr, Listener};
+pub use request::{Request, ResponseWriter};
+pub use response::{Response, ResponseBox};
+
+use engine::Engine;
+
+/// Anything readable and writable: what [`Request::upgrade`] hands back.
+pub trait ReadWrite: io::Read + io::Write {}
+impl<T> ReadWrite for T where T: io::Read + io::Write {}
+
+/// A listening server. Dropping it stops accepting; requests already handed out are still
+/// answered.
 pub struct Server {
-    // should be false as long as the server exists
-    // when set to true, all the subtasks will close within a few hundreds ms
-    close: Arc<AtomicBool>,
-
-    // queue for messages received by child threads
-    messages: Arc<MessagesQueue<Message>>,
-
-    // result of TcpListener::local_addr()
+    engine: Arc<Engine>,
     listening_addr: ListenAddr,
 }
 
-enum Message {
-    Error(IoError),
-    NewRequest(Request),
-}
-
-impl From<IoError> for Message {
-    fn from(e: IoError) -> Message {
-        Message::Error(e)
-    }
-}
-
-impl From<Request> for Message {
-    fn from(rq: Request) -> Message {
-        Message::NewRequest(rq)
-    }
-}
-
-// this trait is to make sure that Server implements Share and Send
-#[doc(hidden)]
-trait MustBeShareDummy: Sync + Send {}
-#[doc(hidden)]
-impl MustBeShareDummy for Server {}
-
+/// The iterator of [`Server::incoming_requests`].
 pub struct IncomingRequests<'a> {
     server: &'a Server,
 }
@@ -174,254 +54,116 @@ pub struct IncomingRequests<'a> {
 pub struct ServerConfig {
     /// The addresses to try to listen to.
     pub addr: ConfigListenAddr,
-
-    /// If `Some`, then the server will use SSL to encode the communications.
+    /// Must be `None`: this build serves plain HTTP only.
     pub ssl: Option<SslConfig>,
 }
 
-/// Configuration of the server for SSL.
+/// Kept for API compatibility; TLS is not supported (terminate it in front of the server).
 #[derive(Debug, Clone)]
 pub struct SslConfig {
-    /// Contains the public certificate to send to clients.
     pub certificate: Vec<u8>,
-    /// Contains the ultra-secret private key used to decode communications.
     pub private_key: Vec<u8>,
 }
 
+type BoxError = Box<dyn Error + Send + Sync + 'static>;
+
 impl Server {
-    /// Shortcut for a simple server on a specific address.
-    #[inline]
-    pub fn http<A>(addr: A) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
-    where
-        A: ToSocketAddrs,
-    {
+    /// A server on `addr` with the default [`Limits`].
+    pub fn http<A: ToSocketAddrs>(addr: A) -> Result<Server, BoxError> {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::from_socket_addrs(addr)?,
             ssl: None,
         })
     }
 
-    /// Shortcut for an HTTPS server on a specific address.
-    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-    #[inline]
-    pub fn https<A>(
-        addr: A,
-        config: SslConfig,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
-    where
-        A: ToSocketAddrs,
-    {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::from_socket_addrs(addr)?,
-            ssl: Some(config),
-        })
-    }
-
-    #[cfg(unix)]
-    #[inline]
-    /// Shortcut for a UNIX socket server at a specific path
-    pub fn http_unix(
-        path: &std::path::Path,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+    /// A server on a Unix socket at `path`.
+    pub fn http_unix(path: &std::path::Path) -> Result<Server, BoxError> {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::unix_from_path(path),
             ssl: None,
         })
     }
 
-    /// Builds a new server that listens on the specified address.
-    pub fn new(config: ServerConfig) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+    pub fn new(config: ServerConfig) -> Result<Server, BoxError> {
         let listener = config.addr.bind()?;
         Self::from_listener(listener, config.ssl)
     }
 
-    /// Builds a new server using the specified TCP listener.
-    ///
-    /// This is useful if you've constructed TcpListener using some less usual method
-    /// such as from systemd. For other cases, you probably want the `new()` function.
+    /// A server on a listener made elsewhere (systemd, a test), with the default [`Limits`].
     pub fn from_listener<L: Into<Listener>>(
         listener: L,
-        ssl_config: Option<SslConfig>,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        ssl: Option<SslConfig>,
+    ) -> Result<Server, BoxError> {
+        if ssl.is_some() {
+            return Err("TLS is not supported by this server; terminate it in front".into());
+        }
+        Ok(Self::with_limits(listener, Limits::default())?)
+    }
+
+    /// A server on `listener` with the given limits and deadlines.
+    pub fn with_limits<L: Into<Listener>>(listener: L, limits: Limits) -> io::Result<Server> {
         let listener = listener.into();
-        // building the "close" variable
-        let close_trigger = Arc::new(AtomicBool::new(false));
-
-        // building the TcpListener
-        let (server, local_addr) = {
-            let local_addr = listener.local_addr()?;
-            log::debug!("Server listening on {}", local_addr);
-            (listener, local_addr)
-        };
-
-        // building the SSL capabilities
-        #[cfg(all(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        compile_error!(
-            "Features 'ssl-openssl' and 'ssl-rustls' must not be enabled at the same time"
-        );
-        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-        type SslContext = ();
-        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        type SslContext = crate::ssl::SslContextImpl;
-        let ssl: Option<SslContext> = {
-            match ssl_config {
-                #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                Some(config) => Some(SslContext::from_pem(
-                    config.certificate,
-                    Zeroizing::new(config.private_key),
-                )?),
-                #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                Some(_) => return Err(
-                    "Building a server with SSL requires enabling the `ssl` feature in tiny-http"
-                        .into(),
-                ),
-                None => None,
-            }
-        };
-
-        // creating a task where server.accept() is continuously called
-        // and ClientConnection objects are pushed in the messages queue
-        let messages = MessagesQueue::with_capacity(8);
-
-        let inside_close_trigger = close_trigger.clone();
-        let inside_messages = messages.clone();
-        thread::spawn(move || {
-            // a tasks pool is used to dispatch the connections into threads
-            let tasks_pool = util::TaskPool::new();
-
-            log::debug!("Running accept thread");
-            let mut last_warning = None;
-            while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
-                    Ok((sock, _)) => {
-                        use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-
-                        Ok(ClientConnection::new(write_closable, read_closable))
-                    }
-                    Err(e) => Err(e),
-                };
-
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
-                                }
-                            }
-                        }));
-                    }
-
-                    // nix-binary-cache patch: running out of descriptors (or memory, or a
-                    // client hanging up before accept) used to end this loop for good, and the
-                    // server never accepted again. Wait a moment and go on instead.
-                    Err(e) if is_transient_accept_error(&e) => {
-                        if last_warning.map_or(true, |t: std::time::Instant| {
-                            t.elapsed() >= std::time::Duration::from_secs(1)
-                        }) {
-                            log::warn!("Error accepting new client (will retry): {}", e);
-                            last_warning = Some(std::time::Instant::now());
-                        }
-                        thread::sleep(std::time::Duration::from_millis(20));
-                    }
-
-                    Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
-                    }
-                }
-            }
-            log::debug!("Terminating accept thread");
-        });
-
-        // result
+        let listening_addr = listener.local_addr()?;
+        let engine = Engine::start(listener, limits)?;
         Ok(Server {
-            messages,
-            close: close_trigger,
-            listening_addr: local_addr,
+            engine,
+            listening_addr,
         })
     }
 
-    /// Returns an iterator for all the incoming requests.
-    ///
-    /// The iterator will return `None` if the server socket is shutdown.
-    #[inline]
+    /// Returns an iterator over the incoming requests; it ends when the server is unblocked.
     pub fn incoming_requests(&self) -> IncomingRequests<'_> {
         IncomingRequests { server: self }
     }
 
-    /// Returns the address the server is listening to.
-    #[inline]
     pub fn server_addr(&self) -> ListenAddr {
         self.listening_addr.clone()
     }
 
-    /// Returns the number of clients currently connected to the server.
+    /// Open client connections.
     pub fn num_connections(&self) -> usize {
-        unimplemented!()
-        //self.requests_receiver.lock().len()
+        self.engine.open_connections()
     }
 
-    /// Blocks until an HTTP request has been submitted and returns it.
-    pub fn recv(&self) -> IoResult<Request> {
-        match self.messages.pop() {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(rq),
-            None => Err(IoError::new(IoErrorKind::Other, "thread unblocked")),
+    /// Requests handed out whose response is not completely written yet.
+    pub fn requests_in_flight(&self) -> usize {
+        self.engine
+            .in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Blocks until the next request.
+    pub fn recv(&self) -> io::Result<Request> {
+        loop {
+            if let Some(request) = self.next(None)? {
+                return Ok(request);
+            }
         }
     }
 
-    /// Same as `recv()` but doesn't block longer than timeout
-    pub fn recv_timeout(&self, timeout: Duration) -> IoResult<Option<Request>> {
-        match self.messages.pop_timeout(timeout) {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(Some(rq)),
-            None => Ok(None),
-        }
+    /// Like [`Server::recv`], for at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> io::Result<Option<Request>> {
+        self.next(Some(timeout))
     }
 
-    /// Same as `recv()` but doesn't block.
-    pub fn try_recv(&self) -> IoResult<Option<Request>> {
-        match self.messages.try_pop() {
-            Some(Message::Error(err)) => Err(err),
-            Some(Message::NewRequest(rq)) => Ok(Some(rq)),
-            None => Ok(None),
-        }
+    /// Like [`Server::recv`], without waiting.
+    pub fn try_recv(&self) -> io::Result<Option<Request>> {
+        self.next(Some(Duration::ZERO))
     }
 
-    /// Unblock thread stuck in recv() or incoming_requests().
-    /// If there are several such threads, only one is unblocked.
-    /// This method allows graceful shutdown of server.
+    fn next(&self, timeout: Option<Duration>) -> io::Result<Option<Request>> {
+        let incoming = self.engine.next(timeout)?;
+        Ok(incoming.map(|i| Request::new(self.engine.clone(), i)))
+    }
+
+    /// Stops accepting connections; each open one closes once its current response is out.
+    pub fn stop_accepting(&self) {
+        self.engine.stop_accepting();
+    }
+
+    /// Makes every thread in `recv` (now and later) return an error, for a clean stop.
     pub fn unblock(&self) {
-        self.messages.unblock();
+        self.engine.unblock();
     }
 }
 
@@ -434,37 +176,12 @@ impl Iterator for IncomingRequests<'_> {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.close.store(true, Relaxed);
-        // Connect briefly to ourselves to unblock the accept thread
-        let maybe_stream = match &self.listening_addr {
-            ListenAddr::IP(addr) => TcpStream::connect(addr).map(Connection::from),
-            #[cfg(unix)]
-            ListenAddr::Unix(addr) => {
-                // TODO: use connect_addr when its stabilized.
-                let path = addr.as_pathname().unwrap();
-                std::os::unix::net::UnixStream::connect(path).map(Connection::from)
-            }
-        };
-        if let Ok(stream) = maybe_stream {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-
-        #[cfg(unix)]
-        if let ListenAddr::Unix(addr) = &self.listening_addr {
-            if let Some(path) = addr.as_pathname() {
-                let _ = std::fs::remove_file(path);
-            }
+        self.engine.stop_accepting();
+        self.engine.unblock();
+        if let ListenAddr::Unix(addr) = &self.listening_addr
+            && let Some(path) = addr.as_pathname()
+        {
+            let _ = std::fs::remove_file(path);
         }
     }
-}
-
-/// nix-binary-cache patch: accept(2) errors after which the listener still works: out of
-/// descriptors (EMFILE, ENFILE) or buffers (ENOBUFS), or a connection that was reset before it
-/// could be accepted.
-fn is_transient_accept_error(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | OutOfMemory
-    ) || matches!(e.raw_os_error(), Some(23) | Some(24) | Some(105))
 }
