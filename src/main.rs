@@ -155,6 +155,9 @@ fn serve(options: cli::Options) -> Result<(), String> {
     pool.shutdown_listener = !from_systemd;
     pool.ops_endpoints = options.ops == cli::OpsEndpoints::Main;
     pool.timeouts = options.timeouts;
+    if let Some(n) = options.max_connections {
+        pool.max_connections = n;
+    }
     if let cli::OpsEndpoints::Separate(addr) = options.ops {
         let listener =
             server::bind(addr).map_err(|e| format!("cannot listen for /metrics on {addr}: {e}"))?;

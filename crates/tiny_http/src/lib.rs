@@ -33,6 +33,12 @@ pub use response::{Response, ResponseBox};
 
 use engine::Engine;
 
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::engine::fuzz_request as request;
+}
+
 /// Anything readable and writable: what [`Request::upgrade`] hands back.
 pub trait ReadWrite: io::Read + io::Write {}
 impl<T> ReadWrite for T where T: io::Read + io::Write {}

@@ -546,3 +546,41 @@ impl Drop for Engine {
         }
     }
 }
+
+/// Parses `data` as a request head and, if it is accepted, reads its body from the bytes that
+/// follow, through a socket pair, the way a connection would. For the fuzz target: any input
+/// must end in a refusal, an error or a body of exactly the declared length, never a panic.
+pub fn fuzz_request(data: &[u8]) {
+    use std::io::Write;
+    let limits = HeadLimits {
+        max_bytes: 16 * 1024,
+        max_headers: 100,
+    };
+    let Ok(Some(head)) = head::parse(data, limits) else {
+        return;
+    };
+    let rest = &data[head.len.min(data.len())..];
+    let Ok((mut client, server)) = std::os::unix::net::UnixStream::pair() else {
+        return;
+    };
+    // Small enough to fit the socket buffer, so the write cannot block.
+    let _ = client.write_all(&rest[..rest.len().min(64 * 1024)]);
+    drop(client);
+    if server.set_nonblocking(true).is_err() {
+        return;
+    }
+    let conn = Conn::new(Stream::Unix(server), None, 0, Instant::now());
+    let mut body = Body::new(head.framing, false, Duration::from_millis(1));
+    let mut out = [0u8; 4096];
+    let mut total = 0u64;
+    loop {
+        match body.read(&conn, &mut out) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(_) => return,
+        }
+    }
+    if let head::Framing::Length(n) = head.framing {
+        assert_eq!(total, n, "a Content-Length body ended early without an error");
+    }
+}
