@@ -106,18 +106,24 @@ impl State {
     }
 
     /// Reads once from the socket, without waiting, into the buffer (at most `max` buffered).
-    /// `Ok(0)` is end of stream.
+    /// `Ok(0)` is end of stream. The read goes through a per-thread scratch buffer, so that a
+    /// connection holds only the bytes it was sent, not a full-size buffer.
     pub fn read_more(&mut self, fd: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+                std::cell::RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
+        }
         if self.pos > 0 {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
         let room = max.saturating_sub(self.buf.len()).clamp(1, 16 * 1024);
-        let start = self.buf.len();
-        self.buf.resize(start + room, 0);
-        let result = sys::recv(fd, &mut self.buf[start..]);
-        self.buf.truncate(start + *result.as_ref().unwrap_or(&0));
-        result
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let n = sys::recv(fd, &mut scratch[..room])?;
+            self.buf.extend_from_slice(&scratch[..n]);
+            Ok(n)
+        })
     }
 
     /// Gives the buffer's memory back while the connection is idle.

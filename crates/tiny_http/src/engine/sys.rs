@@ -40,12 +40,17 @@ pub enum Interest {
 
 impl Interest {
     fn bits(self) -> u32 {
-        let base = (libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32;
-        base | match self {
-            Interest::Read => libc::EPOLLIN as u32,
-            Interest::Write => libc::EPOLLOUT as u32,
-            Interest::ReadOrWrite => (libc::EPOLLIN | libc::EPOLLOUT) as u32,
-        }
+        let oneshot = libc::EPOLLONESHOT as u32;
+        // EPOLLRDHUP only where a read follows: a client that half-closes while still reading
+        // its response would otherwise wake a writer that has nothing new to do, again and again.
+        let read = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+        let write = libc::EPOLLOUT as u32;
+        oneshot
+            | match self {
+                Interest::Read => read,
+                Interest::Write => write,
+                Interest::ReadOrWrite => read | write,
+            }
     }
 }
 
