@@ -387,7 +387,7 @@ fn short_timeouts_close_slowloris_connections_and_stalled_downloads() {
     let deadline = asked + Duration::from_secs(25);
     let (mut aborted, mut released) = (None, None);
     while Instant::now() < deadline
-        && (closed.load(Ordering::SeqCst) < SLOWLORIS || released.is_none())
+        && (closed.load(Ordering::SeqCst) < SLOWLORIS || released.is_none() || aborted.is_none())
     {
         if aborted.is_none() && server.log().contains(&aborted_line) {
             aborted = Some(asked.elapsed());
@@ -417,8 +417,7 @@ fn short_timeouts_close_slowloris_connections_and_stalled_downloads() {
         first + Duration::from_millis(50) >= header,
         "a slowloris was closed after {first:?}, before the header timeout"
     );
-    // The reaper sweeps every second (plus the sweep's own time) and first sees a new
-    // connection up to one sweep late: closed within the timeout plus about two sweeps.
+    // The engine's sweeper looks every 100 ms; on a loaded machine allow well over that.
     assert!(
         last <= header + Duration::from_millis(2500),
         "a slowloris was closed only after {last:?} (header timeout {header:?})"
@@ -445,7 +444,8 @@ fn short_timeouts_close_slowloris_connections_and_stalled_downloads() {
             asked.elapsed()
         );
     };
-    // Released by the reaper once the aborted connection has been idle for the idle timeout.
+    // Released when the transfer is abandoned (the engine closes it at once), at the latest
+    // an idle timeout later.
     assert!(
         released <= aborted + Duration::from_secs(TIMEOUT) + Duration::from_millis(2500),
         "the stalled download's connection was released {released:?} after the request, \
