@@ -151,11 +151,8 @@ pub fn parse(
     let mut port = env_value(&env, "NIX_BINARY_CACHE_PORT", "port")?;
     let mut bind = env_value(&env, "NIX_BINARY_CACHE_BIND", "bind address")?;
     let mut threads = env_value(&env, "NIX_BINARY_CACHE_THREADS", "thread count")?;
-    let mut max_connections = env_value(
-        &env,
-        "NIX_BINARY_CACHE_MAX_CONNECTIONS",
-        "connection limit",
-    )?;
+    let mut max_connections =
+        env_value(&env, "NIX_BINARY_CACHE_MAX_CONNECTIONS", "connection limit")?;
     let mut priority = env_value(&env, "NIX_BINARY_CACHE_PRIORITY", "priority")?;
     let mut rescan: Option<u64> =
         env_value(&env, "NIX_BINARY_CACHE_RESCAN_INTERVAL", "rescan interval")?;

@@ -126,13 +126,13 @@ fn write_out(
     });
     let queued = match body {
         Body::File { file, offset, len } if len > 0 => writer
-            .write_all(&head)
+            .send_bytes(head)
             .and_then(|()| writer.send_file(file, offset, len)),
         Body::Bytes(data, range) => {
             head.extend_from_slice(&data[range]);
-            writer.write_all(&head)
+            writer.send_bytes(head)
         }
-        _ => writer.write_all(&head),
+        _ => writer.send_bytes(head),
     };
     if let Err(e) = queued {
         log::debug!("queueing a response failed: {e}");

@@ -558,7 +558,10 @@ fn ten_thousand_idle_keep_alive_connections_cost_no_threads() {
          RSS {rss_before} -> {rss} KiB (+{} KiB), fresh NAR GET {before:?} -> {during:?}",
         rss.saturating_sub(rss_before)
     );
-    assert!(threads <= 40, "{threads} threads with {IDLE} idle connections");
+    assert!(
+        threads <= 40,
+        "{threads} threads with {IDLE} idle connections"
+    );
     assert!(
         rss.saturating_sub(rss_before) <= 48 * 1024,
         "RSS grew by {} KiB with {IDLE} idle connections",

@@ -219,6 +219,18 @@ impl ResponseWriter {
         Ok(())
     }
 
+    /// Queues `bytes` (a whole head, or head and body), without copying them.
+    pub fn send_bytes(&mut self, bytes: Vec<u8>) -> io::Result<()> {
+        if self.failed {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        self.wait_for_file()?;
+        if let Some(output) = self.output.as_mut() {
+            output.push_vec(bytes);
+        }
+        Ok(())
+    }
+
     /// Closes the connection after this response (`Connection: close` is the caller's to
     /// write).
     pub fn close_after(&mut self) {

@@ -274,10 +274,10 @@ where
                 .headers
                 .iter_mut()
                 .find(|h| h.field.equiv("Content-Type"))
-            {
-                content_type_header.value = header.value;
-                return;
-            }
+        {
+            content_type_header.value = header.value;
+            return;
+        }
 
         self.headers.push(header);
     }

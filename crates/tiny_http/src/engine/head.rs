@@ -18,6 +18,9 @@ pub struct HeadLimits {
     pub max_headers: usize,
 }
 
+/// The most header lines any configuration may allow.
+pub const MAX_HEADER_SLOTS: usize = 256;
+
 /// How the body of a request is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -59,8 +62,10 @@ const fn refuse(status: u16, reason: &'static str) -> Refusal {
 
 /// Parses `buf`: `Ok(None)` while the head is incomplete (and within limits).
 pub fn parse(buf: &[u8], limits: HeadLimits) -> Result<Option<Head>, Refusal> {
-    let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut request = httparse::Request::new(&mut slots);
+    // On the stack: parsing runs for every request, and again as a head arrives in pieces.
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADER_SLOTS];
+    let mut request =
+        httparse::Request::new(&mut slots[..limits.max_headers.min(MAX_HEADER_SLOTS)]);
     let len = match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len <= limits.max_bytes => len,
         Ok(httparse::Status::Complete(_)) | Ok(httparse::Status::Partial) => {

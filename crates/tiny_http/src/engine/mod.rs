@@ -46,7 +46,7 @@ pub struct Limits {
     pub max_connections: usize,
     /// Request line and headers, in bytes.
     pub max_head_bytes: usize,
-    /// Header lines.
+    /// Header lines (at most 256).
     pub max_headers: usize,
     /// An unread request body up to this size is dropped to keep the connection; a larger one
     /// closes it.
@@ -581,6 +581,9 @@ pub fn fuzz_request(data: &[u8]) {
         }
     }
     if let head::Framing::Length(n) = head.framing {
-        assert_eq!(total, n, "a Content-Length body ended early without an error");
+        assert_eq!(
+            total, n,
+            "a Content-Length body ended early without an error"
+        );
     }
 }

@@ -58,6 +58,16 @@ impl Output {
         self.bytes.len() - self.sent
     }
 
+    /// Queues `data` without copying it when nothing else is queued.
+    pub fn push_vec(&mut self, data: Vec<u8>) {
+        if self.sent == self.bytes.len() {
+            self.bytes = data;
+            self.sent = 0;
+        } else {
+            self.bytes.extend_from_slice(&data);
+        }
+    }
+
     pub fn push_bytes(&mut self, data: &[u8]) {
         if self.sent == self.bytes.len() {
             self.bytes.clear();
