@@ -211,8 +211,9 @@ impl Worker {
                         log::error!("a request handler panicked; its connection was closed");
                     }
                 }
-                // Quiet during a stop: whatever was queued has been answered.
-                Ok(None) if stopping => return,
+                // Quiet during a stop, and every response is out (the workers are also what
+                // carries a parked download to its end).
+                Ok(None) if stopping && self.server.requests_in_flight() == 0 => return,
                 Ok(None) => {}
                 Err(_) if self.stopping.load(Ordering::SeqCst) => return,
                 Err(e) => {

@@ -89,16 +89,30 @@ impl Epoll {
         self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
     }
 
-    /// Waits up to `timeout` (forever with `None`) for one event; returns its token.
-    pub fn wait_one(&self, timeout: Option<Duration>) -> io::Result<Option<u64>> {
-        let mut event = libc::epoll_event { events: 0, u64: 0 };
-        let ms = timeout_ms(timeout);
-        // SAFETY: room for exactly one event is passed with maxevents = 1.
-        let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), &mut event, 1, ms) };
+    /// Waits up to `timeout` (forever with `None`) for events; puts up to `tokens.len()` of
+    /// their tokens in `tokens` and returns how many.
+    pub fn wait(&self, tokens: &mut [u64], timeout: Option<Duration>) -> io::Result<usize> {
+        const MAX: usize = 16;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX];
+        let room = tokens.len().min(MAX) as libc::c_int;
+        // SAFETY: `events` has room for `room` (<= MAX) events.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                room,
+                timeout_ms(timeout),
+            )
+        };
         match check(n) {
-            Ok(0) => Ok(None),
-            Ok(_) => Ok(Some(event.u64)),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Ok(n) => {
+                let n = n as usize;
+                for (token, event) in tokens.iter_mut().zip(&events[..n]) {
+                    *token = event.u64;
+                }
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
             Err(e) => Err(e),
         }
     }
