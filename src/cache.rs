@@ -7,7 +7,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use tiny_http::{Header, Method, Request};
@@ -109,7 +109,11 @@ struct Shared {
     served_times: Option<Recorder>,
     allow_linked_dirs: bool,
     trust_proxy_headers: bool,
+    /// Open connections of each listener serving this cache, for `/metrics`.
+    connection_gauges: Mutex<Vec<ConnectionGauge>>,
 }
+
+type ConnectionGauge = Box<dyn Fn() -> usize + Send + Sync>;
 
 /// How long clients and proxies may keep each kind of answer.
 mod max_age {
@@ -169,6 +173,7 @@ impl Cache {
             allow_linked_dirs: config.allow_linked_dirs,
             trust_proxy_headers: config.trust_proxy_headers,
             served_times: config.served_times_file.clone().map(Recorder::open),
+            connection_gauges: Mutex::new(Vec::new()),
         });
         let stats = shared.index.rescan()?;
         crate::index::give_back_free_memory();
@@ -311,7 +316,7 @@ impl Cache {
         Instant::now()
     }
 
-    /// Writes `response`, logs the access line and counts it in the metrics.
+    /// Writes `response`, logs the access line and counts it in the metrics once it is out.
     pub fn respond(
         &self,
         request: Request,
@@ -321,15 +326,21 @@ impl Cache {
         kind: Kind,
     ) {
         let status = response.status;
-        let sent = send::send_logged(request, response, close, start);
-        let bytes = sent.map_or(0, |s| s.body_bytes);
-        self.shared.metrics.request_finished(kind, status, bytes);
-        self.shared.metrics.observe_latency(kind, start.elapsed());
+        let shared = self.shared.clone();
+        send::send_logged(request, response, close, start, move |sent| {
+            let bytes = sent.map_or(0, |s| s.body_bytes);
+            shared.metrics.request_finished(kind, status, bytes);
+            shared.metrics.observe_latency(kind, start.elapsed());
+        });
     }
 
-    /// The connection counts `/metrics` shows come from `source` (the server engine's).
-    pub fn set_connection_source(&self, source: crate::metrics::ConnectionSource) {
-        self.shared.metrics.set_connection_source(source);
+    /// Adds a source of the open-connection count reported in `/metrics` (one per listener).
+    pub fn add_connection_gauge(&self, count: impl Fn() -> usize + Send + Sync + 'static) {
+        self.shared
+            .connection_gauges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(count));
     }
 
     /// `GET /metrics`: Prometheus text format.
@@ -341,6 +352,14 @@ impl Cache {
             last_scan_seconds: scan.duration.as_secs_f64(),
             last_scan_unix: scan.finished_unix,
             skipped_narinfos: scan.skipped,
+            open_connections: self
+                .shared
+                .connection_gauges
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|count| count())
+                .sum(),
         })
     }
 

@@ -36,14 +36,13 @@ pub mod narinfo;
 pub mod nix32;
 mod process_stats;
 pub mod range;
-pub mod reaper;
 mod response;
 pub mod route;
 pub mod send;
 pub mod served_times;
+#[cfg(feature = "engine")]
 pub mod server;
 pub mod signing;
-mod socket;
 pub mod systemd;
 pub mod upload;
 pub mod verify;

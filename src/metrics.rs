@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::process_stats;
@@ -83,18 +83,6 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Connection figures from the server engine, which owns the sockets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ConnectionCounts {
-    /// Connections open now.
-    pub open: u64,
-    /// Connections accepted since start.
-    pub accepted: u64,
-}
-
-/// Asked for connection counts when `/metrics` is rendered.
-pub type ConnectionSource = Box<dyn Fn() -> ConnectionCounts + Send + Sync>;
-
 /// How long requests took, for one route kind: cumulative-free bucket counts, sum and count.
 struct Latency {
     /// `buckets[i]`: requests that took at most `LATENCY_BUCKETS[i]` and more than the bound
@@ -115,8 +103,6 @@ impl Default for Latency {
 /// All counters of one cache.
 pub struct Metrics {
     latency: [Latency; KINDS.len()],
-    /// Supplied by the server engine (see [`Metrics::set_connection_source`]).
-    connections: OnceLock<ConnectionSource>,
     requests: [[AtomicU64; STATUSES.len()]; KINDS.len()],
     bytes_sent: [AtomicU64; KINDS.len()],
     in_flight: AtomicI64,
@@ -129,7 +115,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             latency: std::array::from_fn(|_| Latency::default()),
-            connections: OnceLock::new(),
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             bytes_sent: std::array::from_fn(|_| AtomicU64::new(0)),
             in_flight: AtomicI64::new(0),
@@ -148,6 +133,7 @@ pub struct Gauges {
     pub last_scan_unix: u64,
     /// narinfo files the last scan skipped (malformed, unreadable).
     pub skipped_narinfos: usize,
+    pub open_connections: usize,
 }
 
 impl Metrics {
@@ -173,14 +159,6 @@ impl Metrics {
         let l = &self.latency[kind.index()];
         l.buckets[bucket].fetch_add(1, Relaxed);
         l.sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
-    }
-
-    /// Where connection counts come from: the server engine, which owns the connections, sets
-    /// this once; until then `/metrics` has no connection lines.
-    pub fn set_connection_source(&self, source: ConnectionSource) {
-        if self.connections.set(source).is_err() {
-            log::warn!("a connection count source was already set; keeping the first");
-        }
     }
 
     pub fn upload_stored(&self, token: &Arc<str>, bytes: u64) {
@@ -219,8 +197,8 @@ impl Metrics {
             }
         }
         out.push_str(
-            "# HELP nbc_request_duration_seconds Time from a request's arrival to its answer \
-             being handed to the connection, by route kind.\n\
+            "# HELP nbc_request_duration_seconds Time from a request's arrival until its response \
+             was written whole (or abandoned), by route kind.\n\
              # TYPE nbc_request_duration_seconds histogram\n",
         );
         for (k, (_, kind)) in KINDS.iter().enumerate() {
@@ -263,6 +241,12 @@ impl Metrics {
             "nbc_requests_in_flight",
             "Requests being answered now.",
             self.in_flight.load(Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "nbc_connections_open",
+            "Client connections open now.",
+            g.open_connections.to_string(),
         );
         gauge(
             &mut out,
@@ -323,22 +307,6 @@ impl Metrics {
             "When the server started, in Unix seconds.",
             format!("{:.3}", process.start_unix),
         );
-        if let Some(source) = self.connections.get() {
-            let c = source();
-            gauge(
-                &mut out,
-                "nbc_connections_open",
-                "Client connections open now.",
-                c.open.to_string(),
-            );
-            let _ = write!(
-                out,
-                "# HELP nbc_connections_accepted_total Client connections accepted.\n\
-                 # TYPE nbc_connections_accepted_total counter\n\
-                 nbc_connections_accepted_total {}\n",
-                c.accepted
-            );
-        }
         let uploads = self
             .uploads_by_token
             .lock()
@@ -411,10 +379,6 @@ mod tests {
         assert!(text.contains("nbc_index_skipped_narinfos 0\n"));
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
         assert!(text.contains("process_open_fds ") && text.contains("process_threads "));
-        assert!(
-            !text.contains("nbc_connections_open"),
-            "no source set: no lines"
-        );
     }
 
     #[test]
@@ -424,10 +388,6 @@ mod tests {
         m.observe_latency(Kind::NarInfo, Duration::from_millis(3));
         m.observe_latency(Kind::NarInfo, Duration::from_secs(60));
         m.observe_latency(Kind::Nar, Duration::from_millis(30));
-        m.set_connection_source(Box::new(|| ConnectionCounts {
-            open: 7,
-            accepted: 42,
-        }));
         let text = m.render(Gauges::default());
         for line in [
             "nbc_request_duration_seconds_bucket{kind=\"narinfo\",le=\"0.0005\"} 1\n",
@@ -439,8 +399,6 @@ mod tests {
             "nbc_request_duration_seconds_sum{kind=\"narinfo\"} 60.003300\n",
             "nbc_request_duration_seconds_bucket{kind=\"nar\",le=\"0.025\"} 0\n",
             "nbc_request_duration_seconds_bucket{kind=\"nar\",le=\"0.05\"} 1\n",
-            "nbc_connections_open 7\n",
-            "nbc_connections_accepted_total 42\n",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
         }
