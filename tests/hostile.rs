@@ -408,6 +408,101 @@ fn ten_thousand_idle_connections_hold_no_threads_little_memory_and_no_latency() 
     drop(idle);
 }
 
+/// A pids cgroup holding one process, with its task limit: the way a container or systemd's
+/// `TasksMax=` caps a service's threads. Removed (the process moved back out) when dropped.
+struct TaskLimit {
+    dir: std::path::PathBuf,
+    parent: std::path::PathBuf,
+    pid: u32,
+}
+
+impl TaskLimit {
+    /// Moves `pid` into a new pids cgroup (v1 `/sys/fs/cgroup/pids`, or v2) whose limit is the
+    /// number of tasks it has now: it cannot start one more thread.
+    fn freeze_threads(pid: u32) -> TaskLimit {
+        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+        let v2 = std::path::Path::new("/sys/fs/cgroup");
+        let parent = if v1.join("cgroup.procs").exists() {
+            v1.to_path_buf()
+        } else {
+            let controllers =
+                std::fs::read_to_string(v2.join("cgroup.subtree_control")).unwrap_or_default();
+            assert!(
+                controllers.split_whitespace().any(|c| c == "pids"),
+                "this test needs a writable pids cgroup (run the tests as root, with cgroup v1's \
+                 pids hierarchy or cgroup v2's pids controller enabled in /sys/fs/cgroup)"
+            );
+            v2.to_path_buf()
+        };
+        let dir = parent.join(format!("nbc-hostile-{}-{pid}", std::process::id()));
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("creating the pids cgroup {}: {e}", dir.display()));
+        let limit = TaskLimit { dir, parent, pid };
+        std::fs::write(limit.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        let current = std::fs::read_to_string(limit.dir.join("pids.current")).unwrap();
+        std::fs::write(limit.dir.join("pids.max"), current.trim()).unwrap();
+        limit
+    }
+
+    /// How often a task could not be created because of the limit.
+    fn refusals(&self) -> u64 {
+        std::fs::read_to_string(self.dir.join("pids.events"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("max "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for TaskLimit {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.parent.join("cgroup.procs"), self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn a_server_that_cannot_start_threads_keeps_serving() {
+    const CONNECTIONS: usize = 2000;
+    let _turn = one_at_a_time();
+    raise_open_file_limit(CONNECTIONS as u64 + 200);
+    let (_dir, _secrets, server) = upload_server(&["--threads", "2", "--access-log", "off"]);
+    let limit = TaskLimit::freeze_threads(server.pid());
+    // Many connections at once, each answered, and kept open.
+    let mut open = Vec::with_capacity(CONNECTIONS);
+    for i in 0..CONNECTIONS {
+        let mut s = TcpStream::connect(("127.0.0.1", server.port))
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        s.write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        open.push(s);
+    }
+    for (i, s) in open.iter_mut().enumerate() {
+        let status = read_reply(s, Duration::from_secs(20)).map(|r| r.status);
+        assert_eq!(status, Some(200), "connection {i}");
+    }
+    // An upload wants a thread of its own; without one it must still be served.
+    let nar = b"uploaded without a thread".to_vec();
+    let path = format!("/nar/{}.nar", nix32_sha256(&nar));
+    let mut raw = format!(
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n",
+        nar.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&nar);
+    assert_eq!(exchange(server.port, &raw).map(|r| r.status), Some(200));
+    assert!(
+        limit.refusals() > 0,
+        "the task limit was never reached: the test proved nothing"
+    );
+    assert_served(server.port, &path, Duration::from_secs(5));
+    assert_served(server.port, "/nix-cache-info", Duration::from_secs(5));
+    assert_no_panic(&server);
+    drop(open);
+}
+
 // The request head had no limits.
 
 #[test]
