@@ -211,6 +211,24 @@ fn server_side_state(server_port: u16, client_port: u16) -> Option<u8> {
     })
 }
 
+/// Bytes the server's sockets on `server_port` hold unacknowledged or unsent (the `tx_queue`
+/// column of /proc/net/tcp), summed.
+fn server_send_queues(server_port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{server_port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() > 4 && f[1].ends_with(&local) && f[3] == "01").then(|| {
+                let tx = f[4].split(':').next().unwrap_or("0");
+                u64::from_str_radix(tx, 16).unwrap_or(0)
+            })
+        })
+        .sum()
+}
+
 /// Closes `stream` with a reset instead of a FIN (SO_LINGER with a zero timeout).
 fn reset(stream: TcpStream) {
     let linger = libc::linger {
@@ -946,6 +964,16 @@ fn over_a_thousand_non_reading_downloads_do_not_stop_narinfo_service() {
     for _ in 0..5 {
         assert_served(server.port, &narinfo, Duration::from_secs(3));
     }
+    // What they pin in the kernel stays small: unbounded, a thousand of them took every
+    // socket's send buffer to megabytes, reached the host's `tcp_mem` limit and stalled all
+    // TCP on it.
+    let queued = server_send_queues(server.port);
+    let per_reader = queued / READERS as u64;
+    eprintln!("{READERS} non-reading downloads: {queued} bytes queued by the server");
+    assert!(
+        per_reader <= 1 << 20,
+        "the server queues {per_reader} bytes per client that reads nothing"
+    );
     drop(readers);
 }
 
