@@ -78,6 +78,9 @@ impl Body {
     /// Reads and drops what the client already sent, without waiting, up to `cap` bytes.
     /// True if the body is then complete.
     pub fn discard_available(&mut self, conn: &Conn, cap: u64) -> bool {
+        // The response is decided: a client still waiting for `100 Continue` must not get the
+        // go-ahead now (it would send a body nobody reads); what it sent anyway is dropped.
+        self.continue_pending = false;
         let mut state = conn.state();
         let mut scratch = [0u8; 8192];
         let mut dropped = 0u64;

@@ -78,6 +78,8 @@ const PUSH_BUDGET: u64 = 4 << 20;
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// Events taken from epoll at once by one thread.
 const BATCH: usize = 8;
+/// Unsent bytes a connection may queue in the kernel (see [`sys::set_notsent_lowat`]).
+const NOTSENT_LOWAT: u32 = 256 * 1024;
 
 /// A request head read off a connection, with what answering it needs.
 pub struct Incoming {
@@ -263,6 +265,9 @@ impl Engine {
         }
         if let Stream::Tcp(s) = &stream {
             let _ = s.set_nodelay(true);
+            // A client that reads nothing must not hold megabytes of kernel memory: a thousand
+            // of them exhausted `tcp_mem` and stalled every other connection on the host.
+            let _ = sys::set_notsent_lowat(stream.fd(), NOTSENT_LOWAT);
         }
         let now = Instant::now();
         let deadline = now + self.limits.header_timeout;

@@ -207,6 +207,25 @@ pub fn sendfile(
     Ok(n)
 }
 
+/// Caps the bytes a TCP socket queues unsent (`TCP_NOTSENT_LOWAT`): writes stop, and
+/// writability is reported, only while less than `bytes` wait. Data in flight is not counted,
+/// so fast clients keep their speed, but one that reads nothing pins at most about `bytes` of
+/// kernel memory instead of a send buffer autotuned up to `tcp_wmem`'s maximum (4 MiB).
+pub fn set_notsent_lowat(fd: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
+    let value = bytes as libc::c_int;
+    // SAFETY: `value` is a valid c_int for the length given, read during the call only.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
 /// `shutdown(2)`; errors (the peer already gone) do not matter to callers.
 pub fn shutdown(fd: BorrowedFd<'_>, how: libc::c_int) {
     // SAFETY: no pointers; a stale or closed socket only yields an error.
