@@ -6,7 +6,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use crate::route::{FileKind, Route, route};
+use crate::route::{FileKind, Route, decode, route};
 
 /// What a request was for, as a metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,13 +46,16 @@ impl Kind {
         if path == "/" {
             return Kind::Landing;
         }
-        match route(path) {
+        let Ok(path) = decode(path) else {
+            return Kind::Other;
+        };
+        match route(&path) {
             Ok(Route::CacheInfo) => Kind::CacheInfo,
             Ok(Route::NarInfo(_)) => Kind::NarInfo,
             Ok(Route::File(FileKind::Nar, _)) => Kind::Nar,
             Ok(Route::File(FileKind::Listing, _)) => Kind::Listing,
             Ok(Route::File(FileKind::Log, _)) => Kind::Log,
-            Ok(Route::File(FileKind::Realisation, _)) => Kind::Realisation,
+            Ok(Route::File(FileKind::Realisation | FileKind::BuildTrace, _)) => Kind::Realisation,
             Ok(Route::File(FileKind::DebugInfo, _)) => Kind::DebugInfo,
             Err(_) => Kind::Other,
         }
