@@ -105,12 +105,46 @@ impl<'a> NarInfo<'a> {
         })
     }
 
+    /// Why Nix 2.34+ would refuse this narinfo although older clients take it: a `Sig` that is
+    /// not `name:base64` of a 64-byte signature (2.34), a `Compression` it does not know (2.35).
+    /// An upload must pass this, so that every client version can read what we store.
+    pub fn check_strict(&self) -> Result<(), ParseError> {
+        use base64::Engine;
+        if !KNOWN_COMPRESSIONS.contains(&self.compression) {
+            return err(format!(
+                "Compression {:?} is not one Nix knows ({})",
+                self.compression,
+                KNOWN_COMPRESSIONS.join(", ")
+            ));
+        }
+        for sig in &self.sigs {
+            let valid = sig.split_once(':').is_some_and(|(name, b64)| {
+                !name.is_empty()
+                    && base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .is_ok_and(|bytes| bytes.len() == 64)
+            });
+            if !valid {
+                return err(format!(
+                    "Sig {sig:?} is not name:base64 of an ed25519 signature"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The 32-character hash part of the store path: the narinfo's file name stem.
     pub fn store_hash(&self) -> &'a str {
         let base = base_name(self.store_path);
         &base[..nix32::STORE_HASH_LEN]
     }
 }
+
+/// `Compression:` values Nix reads a NAR with (its own `none` and `br`, plus libarchive's).
+pub const KNOWN_COMPRESSIONS: [&str; 13] = [
+    "none", "xz", "bzip2", "zstd", "br", "gzip", "lz4", "lzip", "lzma", "lzop", "grzip", "lrzip",
+    "compress",
+];
 
 /// The last component of a store path.
 fn base_name(path: &str) -> &str {

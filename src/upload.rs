@@ -12,12 +12,17 @@ use sha2::{Digest, Sha256};
 
 use crate::atomic::TempFile;
 use crate::cache_info::CacheInfo;
+use crate::encoding::Encoding;
 use crate::narinfo::NarInfo;
 use crate::nix32;
-use crate::route::{FileKind, Route, route};
+use crate::route::{FileKind, Route, decode, route};
 
 /// Largest narinfo or nix-cache-info accepted; real ones are a few hundred bytes.
 pub const MAX_METADATA_BYTES: u64 = 1 << 20;
+
+/// Largest decoded `.ls` or log accepted from a compressed upload (below `--max-upload-size`
+/// if that is smaller): a few kilobytes of compressed zeros must not fill the disk.
+pub const MAX_DECODED_BYTES: u64 = 256 << 20;
 
 /// What a successful upload stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +41,8 @@ pub enum UploadError {
     TooLarge(u64),
     /// `nix-cache-info` exists already: 409.
     Conflict(String),
+    /// A `Content-Encoding` we do not decode, or on a path that must not have one: 415.
+    Unsupported(String),
     /// The client went away or the disk failed mid-way: nothing was kept.
     Io(io::Error),
 }
@@ -46,6 +53,7 @@ impl UploadError {
             UploadError::Invalid(_) => 400,
             UploadError::TooLarge(_) => 413,
             UploadError::Conflict(_) => 409,
+            UploadError::Unsupported(_) => 415,
             UploadError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC) => 507,
             UploadError::Io(e) if e.raw_os_error() == Some(libc::EDQUOT) => 507,
             UploadError::Io(_) => 500,
@@ -56,7 +64,7 @@ impl UploadError {
         match self {
             UploadError::Invalid(why) => why.clone(),
             UploadError::TooLarge(max) => format!("body larger than the limit of {max} bytes"),
-            UploadError::Conflict(why) => why.clone(),
+            UploadError::Conflict(why) | UploadError::Unsupported(why) => why.clone(),
             UploadError::Io(e) if self.status() == 507 => {
                 format!("no space left to store the upload: {e}")
             }
@@ -66,8 +74,13 @@ impl UploadError {
 }
 
 impl From<io::Error> for UploadError {
+    /// A body that does not decode ([`Encoding::decoder`]) is the client's mistake: 400.
     fn from(e: io::Error) -> Self {
-        UploadError::Io(e)
+        if e.kind() == io::ErrorKind::InvalidData {
+            UploadError::Invalid(e.to_string())
+        } else {
+            UploadError::Io(e)
+        }
     }
 }
 
@@ -80,23 +93,41 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
-    /// Stores `body` (the request body, `declared` bytes if the client said) at `path`.
+    /// Stores `body` (the request body, `declared` bytes on the wire if the client said,
+    /// compressed with `encoding`) at `path` (percent-encoded or not, query removed).
     pub fn store(
         &self,
         path: &str,
         declared: Option<u64>,
+        encoding: Encoding,
         body: &mut dyn Read,
     ) -> Result<Stored, UploadError> {
-        let route = route(path).map_err(|_| {
-            UploadError::Invalid(format!("{path} is not a path Nix stores in a cache"))
-        })?;
-        let limit = match route {
+        let not_ours =
+            || UploadError::Invalid(format!("{path} is not a path Nix stores in a cache"));
+        let decoded = decode(path).map_err(|_| not_ours())?;
+        let route = route(&decoded).map_err(|_| not_ours())?;
+        let mut limit = match route {
             Route::CacheInfo | Route::NarInfo(_) => MAX_METADATA_BYTES,
             Route::File(..) => self.max_body,
         };
         if declared.is_some_and(|n| n > limit) {
             return Err(UploadError::TooLarge(limit));
         }
+        let compressible = matches!(
+            route,
+            Route::NarInfo(_) | Route::File(FileKind::Listing | FileKind::Log, _)
+        );
+        if encoding != Encoding::Plain {
+            if !compressible {
+                return Err(UploadError::Unsupported(format!(
+                    "Content-Encoding {} is accepted on .narinfo, .ls and log/ uploads only; \
+                     a NAR's compression is stated in its narinfo: upload its bytes as stored",
+                    encoding.name()
+                )));
+            }
+            limit = limit.min(MAX_DECODED_BYTES);
+        }
+        let body = &mut encoding.decoder(body)?;
         match route {
             Route::CacheInfo => self.store_cache_info(body),
             Route::NarInfo(hash) => self.store_narinfo(hash, body),
@@ -131,6 +162,8 @@ impl Target<'_> {
         let text = read_text(body, MAX_METADATA_BYTES)?;
         let info = NarInfo::parse(&text, self.store_dir)
             .map_err(|e| UploadError::Invalid(format!("malformed narinfo: {e}")))?;
+        info.check_strict()
+            .map_err(|e| UploadError::Invalid(format!("narinfo newer Nix would refuse: {e}")))?;
         if info.store_hash() != hash {
             return Err(UploadError::Invalid(format!(
                 "StorePath {} does not match {hash}.narinfo",
@@ -315,7 +348,12 @@ mod tests {
         let nar = b"some nar bytes".to_vec();
         let name = nar_name(&nar);
         let stored = t
-            .store(&format!("/{name}"), Some(nar.len() as u64), &mut &nar[..])
+            .store(
+                &format!("/{name}"),
+                Some(nar.len() as u64),
+                Encoding::Plain,
+                &mut &nar[..],
+            )
             .unwrap();
         assert_eq!(
             stored,
@@ -333,7 +371,12 @@ mod tests {
             nar.len()
         );
         let stored = t
-            .store(&format!("/{hash}.narinfo"), None, &mut info.as_bytes())
+            .store(
+                &format!("/{hash}.narinfo"),
+                None,
+                Encoding::Plain,
+                &mut info.as_bytes(),
+            )
             .unwrap();
         assert_eq!(stored, Stored::NarInfo { hash: hash.into() });
         assert_eq!(
@@ -351,7 +394,8 @@ mod tests {
         let nar = b"the same nar twice".to_vec();
         let name = nar_name(&nar);
         let upload = || {
-            t.store(&format!("/{name}"), None, &mut &nar[..]).unwrap();
+            t.store(&format!("/{name}"), None, Encoding::Plain, &mut &nar[..])
+                .unwrap();
             std::fs::metadata(root.join(&name)).unwrap().ino()
         };
         let first = upload();
@@ -376,20 +420,26 @@ mod tests {
         let nar = b"real bytes".to_vec();
         let wrong = nar_name(b"other bytes");
         let e = t
-            .store(&format!("/{wrong}"), None, &mut &nar[..])
+            .store(&format!("/{wrong}"), None, Encoding::Plain, &mut &nar[..])
             .unwrap_err();
         assert_eq!(e.status(), 400, "{}", e.message());
         assert!(e.message().contains("hashes to"));
 
         let big = vec![0u8; 2 << 20];
         let e = t
-            .store(&format!("/{}", nar_name(&big)), None, &mut &big[..])
+            .store(
+                &format!("/{}", nar_name(&big)),
+                None,
+                Encoding::Plain,
+                &mut &big[..],
+            )
             .unwrap_err();
         assert_eq!(e.status(), 413);
         let e = t
             .store(
                 &format!("/{}", nar_name(&big)),
                 Some(big.len() as u64),
+                Encoding::Plain,
                 &mut &big[..],
             )
             .unwrap_err();
@@ -401,21 +451,40 @@ mod tests {
             "0".repeat(52)
         );
         let e = t
-            .store(&format!("/{hash}.narinfo"), None, &mut orphan.as_bytes())
+            .store(
+                &format!("/{hash}.narinfo"),
+                None,
+                Encoding::Plain,
+                &mut orphan.as_bytes(),
+            )
             .unwrap_err();
         assert!(e.message().contains("not in the cache"), "{}", e.message());
         let other = "0000000000000000000000000000000a";
         let e = t
-            .store(&format!("/{other}.narinfo"), None, &mut orphan.as_bytes())
+            .store(
+                &format!("/{other}.narinfo"),
+                None,
+                Encoding::Plain,
+                &mut orphan.as_bytes(),
+            )
             .unwrap_err();
         assert!(e.message().contains("does not match"), "{}", e.message());
         let e = t
-            .store(&format!("/{hash}.narinfo"), None, &mut &b"junk"[..])
+            .store(
+                &format!("/{hash}.narinfo"),
+                None,
+                Encoding::Plain,
+                &mut &b"junk"[..],
+            )
             .unwrap_err();
         assert!(e.message().contains("malformed"), "{}", e.message());
-        let e = t.store("/../etc/passwd", None, &mut &b"x"[..]).unwrap_err();
+        let e = t
+            .store("/../etc/passwd", None, Encoding::Plain, &mut &b"x"[..])
+            .unwrap_err();
         assert_eq!(e.status(), 400);
-        let e = t.store("/nar/0123.nar", None, &mut &b"x"[..]).unwrap_err();
+        let e = t
+            .store("/nar/0123.nar", None, Encoding::Plain, &mut &b"x"[..])
+            .unwrap_err();
         assert!(e.message().contains("nix32 sha256"), "{}", e.message());
 
         // Only the (empty) nar/ directory may exist: no file, no temporary.
@@ -431,15 +500,30 @@ mod tests {
     fn nix_cache_info_only_once() {
         let root = scratch("info");
         let t = target(&root);
-        t.store("/nix-cache-info", None, &mut &b"StoreDir: /nix/store\n"[..])
-            .unwrap();
+        t.store(
+            "/nix-cache-info",
+            None,
+            Encoding::Plain,
+            &mut &b"StoreDir: /nix/store\n"[..],
+        )
+        .unwrap();
         let e = t
-            .store("/nix-cache-info", None, &mut &b"StoreDir: /nix/store\n"[..])
+            .store(
+                "/nix-cache-info",
+                None,
+                Encoding::Plain,
+                &mut &b"StoreDir: /nix/store\n"[..],
+            )
             .unwrap_err();
         assert_eq!(e.status(), 409);
         std::fs::remove_file(root.join("nix-cache-info")).unwrap();
         let e = t
-            .store("/nix-cache-info", None, &mut &b"StoreDir: /gnu/store\n"[..])
+            .store(
+                "/nix-cache-info",
+                None,
+                Encoding::Plain,
+                &mut &b"StoreDir: /gnu/store\n"[..],
+            )
             .unwrap_err();
         assert_eq!(e.status(), 400);
         std::fs::remove_dir_all(root).unwrap();
