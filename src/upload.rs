@@ -264,7 +264,7 @@ impl Target<'_> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(UploadError::Io(e)),
+                Err(e) => return Err(e.into()),
             };
             total += n as u64;
             if total > limit {
