@@ -1,5 +1,8 @@
-//! The real Nix client (Debian's nix-bin) against the running server. These tests never skip:
-//! without `nix` on PATH they fail and say what to install.
+//! The real Nix clients against the running server: Debian's nix-bin (Nix 2.8, `nix` on PATH)
+//! and Nix 2.35.2 (`/opt/nix-2.35/bin/nix`, from `../shared/nix-2.35`). Every test common to
+//! both runs once per client (`<test>::nix_2_8`, `<test>::nix_2_35`); the tests of what only
+//! newer clients do run with 2.35. They never skip: a missing client fails and says what to
+//! install (`make test` installs both).
 
 mod common;
 
@@ -12,30 +15,111 @@ use common::*;
 const CONF: &str = "experimental-features = nix-command\nsandbox = false\nbuild-users-group =\n\
 substituters =\nnarinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\n";
 
-/// A Nix client with its own config and its own narinfo cache (so no answer is remembered
-/// from another test).
+/// What Nix 2.35 needs on top of [`CONF`] to build without a daemon (see
+/// ../shared/nix-2.35/README.md), plus content-addressed derivations for the tests of them.
+const CONF_2_35: &str = "experimental-features = nix-command ca-derivations\n\
+filter-syscalls = false\nsandbox-paths = /bin /lib /lib64 /usr\n";
+
+/// The two client versions every common test runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// Debian's nix-bin: requests unescaped, uploads one path after another, plain metadata.
+    V2_8,
+    /// Percent-encoded paths, compressed metadata, parallel uploads, build-trace-v2, 401 fatal.
+    V2_35,
+}
+
+impl Client {
+    fn program(self, name: &str) -> PathBuf {
+        match self {
+            Client::V2_8 => PathBuf::from(name),
+            Client::V2_35 => Path::new("/opt/nix-2.35/bin").join(name),
+        }
+    }
+
+    fn want_version(self) -> &'static str {
+        match self {
+            Client::V2_8 => "2.8.",
+            Client::V2_35 => "2.35.",
+        }
+    }
+
+    fn install_hint(self) -> &'static str {
+        match self {
+            Client::V2_8 => "install Debian's nix-bin (`apt-get install -y nix-bin`, as root)",
+            Client::V2_35 => "run ../shared/nix-2.35/install.sh as root",
+        }
+    }
+}
+
+/// Runs `$body(client)` as two tests, `$name::nix_2_8` and `$name::nix_2_35`.
+macro_rules! both_clients {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn nix_2_8() {
+                super::$name(super::Client::V2_8)
+            }
+            #[test]
+            fn nix_2_35() {
+                super::$name(super::Client::V2_35)
+            }
+        }
+    )*};
+}
+
+both_clients!(
+    path_info_lists_the_closure_over_http,
+    copy_whole_closure_into_a_fresh_store_and_verify,
+    store_ls_and_cat_over_http,
+    build_log_over_http,
+    signed_cache_is_trusted_only_with_its_key,
+    path_copied_in_while_running_is_visible_within_a_second,
+    cache_mounted_under_a_prefix_in_another_application,
+    push_with_nix_copy_to_http_then_pull_with_our_signatures,
+    push_with_a_wrong_token_fails_and_changes_nothing,
+    two_concurrent_pushes_of_the_same_closure_both_succeed,
+);
+
+/// A Nix client with its own config, its own narinfo cache (so no answer is remembered
+/// from another test) and, for 2.35, its own store (2.8 uses the machine's /nix/store; the two
+/// versions' database schemas differ).
 struct Nix {
+    client: Client,
     home: TempDir,
 }
 
 impl Nix {
-    fn new() -> Nix {
-        let found = Command::new("nix").arg("--version").output();
+    fn new(client: Client) -> Nix {
+        let found = Command::new(client.program("nix"))
+            .arg("--version")
+            .output();
         match found {
-            Ok(out) if out.status.success() => {}
-            _ => panic!(
-                "the real Nix client is required: install Debian's nix-bin \
-                 (`apt-get install -y nix-bin`, as root) or run `make test`, which does"
+            Ok(out)
+                if out.status.success()
+                    && String::from_utf8_lossy(&out.stdout).contains(client.want_version()) => {}
+            other => panic!(
+                "the real Nix client {client:?} is required ({other:?}): {}, or run \
+                 `make test`, which does",
+                client.install_hint()
             ),
         }
         let home = TempDir::new("nix");
         std::fs::create_dir_all(home.path().join("conf")).unwrap();
-        std::fs::write(home.path().join("conf/nix.conf"), CONF).unwrap();
-        Nix { home }
+        let mut conf = CONF.to_string();
+        if client == Client::V2_35 {
+            conf.push_str(CONF_2_35);
+            conf.push_str(&format!(
+                "store = local?root={}\n",
+                home.path().join("root").display()
+            ));
+        }
+        std::fs::write(home.path().join("conf/nix.conf"), conf).unwrap();
+        Nix { client, home }
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("nix");
+        let mut cmd = Command::new(self.client.program("nix"));
         cmd.args(args)
             .env("NIX_CONF_DIR", self.home.path().join("conf"))
             .env("XDG_CACHE_HOME", self.home.path().join("cache"))
@@ -73,9 +157,8 @@ fn closure() -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn path_info_lists_the_closure_over_http() {
-    let nix = Nix::new();
+fn path_info_lists_the_closure_over_http(client: Client) {
+    let nix = Nix::new(client);
     let server = Server::start(&fixtures().join("cache-xz"), &[]);
     let top = &manifest()["TOP"];
     let out = nix.ok(&["path-info", "--store", &server.url(), "-r", top]);
@@ -86,9 +169,8 @@ fn path_info_lists_the_closure_over_http() {
     assert_eq!(got, want);
 }
 
-#[test]
-fn copy_whole_closure_into_a_fresh_store_and_verify() {
-    let nix = Nix::new();
+fn copy_whole_closure_into_a_fresh_store_and_verify(client: Client) {
+    let nix = Nix::new(client);
     for cache in ["cache-xz", "cache-zstd"] {
         let server = Server::start(&fixtures().join(cache), &[]);
         let m = manifest();
@@ -132,9 +214,8 @@ fn copy_whole_closure_into_a_fresh_store_and_verify() {
     }
 }
 
-#[test]
-fn store_ls_and_cat_over_http() {
-    let nix = Nix::new();
+fn store_ls_and_cat_over_http(client: Client) {
+    let nix = Nix::new(client);
     let m = manifest();
     for cache in ["cache-zstd", "cache-xz"] {
         let server = Server::start(&fixtures().join(cache), &[]);
@@ -156,9 +237,8 @@ fn store_ls_and_cat_over_http() {
     }
 }
 
-#[test]
-fn build_log_over_http() {
-    let nix = Nix::new();
+fn build_log_over_http(client: Client) {
+    let nix = Nix::new(client);
     let m = manifest();
     let server = Server::start(&fixtures().join("cache-xz"), &[]);
     let log = nix.ok(&["log", "--store", &server.url(), &m["TOP"]]);
@@ -168,9 +248,8 @@ fn build_log_over_http() {
     assert!(server.log().contains(&format!("GET /log/{drv} 200")));
 }
 
-#[test]
-fn signed_cache_is_trusted_only_with_its_key() {
-    let nix = Nix::new();
+fn signed_cache_is_trusted_only_with_its_key(client: Client) {
+    let nix = Nix::new(client);
     let m = manifest();
     let server = Server::start(&fixtures().join("cache-signed"), &[]);
     let good = format!("trusted-public-keys = {}", m["PUBLIC_KEY"]);
@@ -200,7 +279,12 @@ fn signed_cache_is_trusted_only_with_its_key() {
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("lacks a valid signature"), "{stderr}");
+    // 2.8: "lacks a valid signature"; 2.35: "lacks a signature by a trusted key".
+    assert!(
+        stderr.contains("lacks a valid signature")
+            || stderr.contains("lacks a signature by a trusted key"),
+        "{stderr}"
+    );
 }
 
 /// Adds a small file with unique content to the local store and returns its store path.
@@ -208,10 +292,12 @@ fn fresh_store_path(nix: &Nix, tag: &str) -> String {
     let file = nix.home.path().join(tag);
     let stamp = format!("{tag} {:?} {}", Instant::now(), std::process::id());
     std::fs::write(&file, stamp).unwrap();
-    let out = Command::new("nix-store")
+    let out = Command::new(nix.client.program("nix-store"))
         .arg("--add")
         .arg(&file)
         .env("NIX_CONF_DIR", nix.home.path().join("conf"))
+        .env("XDG_CACHE_HOME", nix.home.path().join("cache"))
+        .env("HOME", nix.home.path())
         .output()
         .expect("nix-store --add");
     assert!(
@@ -222,9 +308,8 @@ fn fresh_store_path(nix: &Nix, tag: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-#[test]
-fn path_copied_in_while_running_is_visible_within_a_second() {
-    let nix = Nix::new();
+fn path_copied_in_while_running_is_visible_within_a_second(client: Client) {
+    let nix = Nix::new(client);
     let dir = copy_fixture("cache-xz");
     let server = Server::start(dir.path(), &["--rescan-interval", "3600"]);
     let path = fresh_store_path(&nix, "pushed-live");
@@ -310,9 +395,8 @@ fn start_embed_example(root: &Path) -> Embedded {
     Embedded(child, port)
 }
 
-#[test]
-fn cache_mounted_under_a_prefix_in_another_application() {
-    let nix = Nix::new();
+fn cache_mounted_under_a_prefix_in_another_application(client: Client) {
+    let nix = Nix::new(client);
     let m = manifest();
     let app = start_embed_example(&fixtures().join("cache-zstd"));
     let hello = request(app.1, "GET", "/hello", &[]);
@@ -429,9 +513,8 @@ fn import_fixture_closure(nix: &Nix) {
     ]);
 }
 
-#[test]
-fn push_with_nix_copy_to_http_then_pull_with_our_signatures() {
-    let nix = Nix::new();
+fn push_with_nix_copy_to_http_then_pull_with_our_signatures(client: Client) {
+    let nix = Nix::new(client);
     let m = manifest();
     import_fixture_closure(&nix);
     let cache = writable_cache(&nix, "push-token");
@@ -487,9 +570,8 @@ fn push_with_nix_copy_to_http_then_pull_with_our_signatures() {
     );
 }
 
-#[test]
-fn push_with_a_wrong_token_fails_and_changes_nothing() {
-    let nix = Nix::new();
+fn push_with_a_wrong_token_fails_and_changes_nothing(client: Client) {
+    let nix = Nix::new(client);
     import_fixture_closure(&nix);
     let cache = writable_cache(&nix, "wrong-token");
     let before: Vec<_> = std::fs::read_dir(cache.dir.path())
@@ -518,9 +600,8 @@ fn push_with_a_wrong_token_fails_and_changes_nothing() {
     );
 }
 
-#[test]
-fn two_concurrent_pushes_of_the_same_closure_both_succeed() {
-    let nix = Nix::new();
+fn two_concurrent_pushes_of_the_same_closure_both_succeed(client: Client) {
+    let nix = Nix::new(client);
     let m = manifest();
     import_fixture_closure(&nix);
     let cache = writable_cache(&nix, "push-token");
