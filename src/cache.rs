@@ -360,7 +360,7 @@ impl Cache {
             }
         };
         // Waits for a place without reading the body: the client is held back by TCP.
-        let Some(_slot) = self.shared.upload_slots.acquire(config.max_wait) else {
+        let Some(slot) = self.shared.upload_slots.acquire(config.max_wait) else {
             log::warn!(
                 "PUT {path}: no upload place freed in {}s (--max-uploads {} all busy)",
                 config.max_wait.as_secs(),
@@ -370,6 +370,12 @@ impl Cache {
                 .header("Retry-After", "1")
                 .header("Cache-Control", max_age::NONE);
         };
+        if !slot.waited.is_zero() {
+            log::debug!(
+                "PUT {path}: waited {} ms for an upload place",
+                slot.waited.as_millis()
+            );
+        }
         let path = path.split_once('?').map_or(path, |(p, _)| p);
         let store_dir = self.shared.info().store_dir.clone();
         let target = Target {

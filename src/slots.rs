@@ -32,6 +32,8 @@ struct State {
 #[derive(Debug)]
 pub struct UploadSlot<'a> {
     slots: &'a UploadSlots,
+    /// How long the upload waited for it (zero if a place was free).
+    pub waited: Duration,
 }
 
 impl UploadSlots {
@@ -47,11 +49,15 @@ impl UploadSlots {
     /// Takes a place, waiting up to `max_wait` behind the uploads that came first.
     /// `None`: no place became free in time.
     pub fn acquire(&self, max_wait: Duration) -> Option<UploadSlot<'_>> {
-        let deadline = Instant::now() + max_wait;
+        let start = Instant::now();
+        let deadline = start + max_wait;
         let mut state = self.lock();
         if state.queue.is_empty() && state.active < self.max {
             state.active += 1;
-            return Some(UploadSlot { slots: self });
+            return Some(UploadSlot {
+                slots: self,
+                waited: Duration::ZERO,
+            });
         }
         let ticket = state.next_ticket;
         state.next_ticket += 1;
@@ -62,7 +68,10 @@ impl UploadSlots {
                 state.active += 1;
                 // The next in line may find a place too (several freed at once).
                 self.changed.notify_all();
-                return Some(UploadSlot { slots: self });
+                return Some(UploadSlot {
+                    slots: self,
+                    waited: start.elapsed(),
+                });
             }
             let now = Instant::now();
             if now >= deadline {
