@@ -912,8 +912,8 @@ fn nix_2_8_pushes_and_nix_2_35_reads_trusting_only_our_key() {
     assert!(!out.status.success(), "another key must not be trusted");
 }
 
-/// Builds `expr` in a fresh 2.35 store that substitutes only from `url`; returns the build's
-/// stderr after checking it substituted instead of building.
+/// Builds `expr` in a fresh 2.35 store that substitutes only from `url`, trusting only our key;
+/// returns the build's stderr after checking it substituted instead of building.
 fn substitute_ca(url: &str, expr: &str, want: &str) -> String {
     let reader = Nix::new(Client::V2_35);
     let (path, stderr) = {
@@ -927,7 +927,10 @@ fn substitute_ca(url: &str, expr: &str, want: &str) -> String {
             url,
             "--option",
             "require-sigs",
-            "false",
+            "true",
+            "--option",
+            "trusted-public-keys",
+            &manifest()["PUBLIC_KEY"],
             "--expr",
             expr,
         ]);
@@ -993,7 +996,8 @@ fn nix_2_35_content_addressed_path_both_ways() {
         &format!("file://{}", dir.path().display()),
         &installable,
     ]);
-    let server = Server::start(dir.path(), &[]);
+    let key = fixtures().join("keys/test-key.sec");
+    let server = Server::start(dir.path(), &["--sign-key", key.to_str().unwrap()]);
     substitute_ca(&server.url(), &expr, &path);
     assert!(
         server.log().contains("/build-trace-v2/"),
