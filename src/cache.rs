@@ -132,15 +132,16 @@ impl Cache {
             ));
         }
         let canonical_root = std::fs::canonicalize(&config.root)?;
-        for dir in [
-            "",
-            "nar",
-            "log",
-            "realisations",
-            "debuginfo",
-            "build-trace-v2",
-        ] {
+        for dir in ["", "nar", "log", "realisations", "debuginfo"] {
             atomic::clean_stale(&config.root.join(dir));
+        }
+        // build-trace-v2/ holds one directory per derivation, where its uploads write.
+        if let Ok(entries) = std::fs::read_dir(config.root.join("build-trace-v2")) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    atomic::clean_stale(&entry.path());
+                }
+            }
         }
         let info = CacheInfo::load(&config.root, config.priority)?;
         let index = Index::new(&config.root, &info.store_dir, config.sign_keys.clone());

@@ -451,10 +451,19 @@ fn client_gone_mid_upload_leaves_nothing_visible() {
 
 #[test]
 fn killed_mid_upload_then_restarted_cleans_temporaries() {
-    let (dir, secrets, mut server) = upload_server("cache-xz", &[]);
-    let before = listing(dir.path());
     let body = vec![5u8; 1 << 20];
-    let path = format!("/nar/{}.nar", nix32_sha256(&body));
+    killed_mid_upload(&format!("/nar/{}.nar", nix32_sha256(&body)), &body, |_| {});
+    // build-trace-v2/ uploads write in a directory per derivation: cleaned too.
+    let drv = "4q1c78ism9fv0myqldmih68c6yjmpi2d-x.drv";
+    killed_mid_upload(&format!("/build-trace-v2/{drv}/out.doi"), &body, |root| {
+        std::fs::create_dir_all(root.join("build-trace-v2").join(drv)).unwrap()
+    });
+}
+
+fn killed_mid_upload(path: &str, body: &[u8], prepare: impl Fn(&std::path::Path)) {
+    let (dir, secrets, mut server) = upload_server("cache-xz", &[]);
+    prepare(dir.path());
+    let before = listing(dir.path());
     let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     write!(
         s,
