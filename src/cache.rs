@@ -6,7 +6,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use tiny_http::{Header, Method, Request};
@@ -100,7 +100,11 @@ struct Shared {
     /// `trusted-public-keys` entries of the signing keys, for the landing page.
     public_keys: Vec<String>,
     metrics: Metrics,
+    /// Open connections of each listener serving this cache, for `/metrics`.
+    connection_gauges: Mutex<Vec<ConnectionGauge>>,
 }
+
+type ConnectionGauge = Box<dyn Fn() -> usize + Send + Sync>;
 
 /// How long clients and proxies may keep each kind of answer.
 mod max_age {
@@ -159,6 +163,7 @@ impl Cache {
                 .map(SigningKey::public_key)
                 .collect(),
             metrics: Metrics::default(),
+            connection_gauges: Mutex::new(Vec::new()),
         });
         let stats = shared.index.rescan()?;
         crate::index::give_back_free_memory();
@@ -268,7 +273,7 @@ impl Cache {
         Instant::now()
     }
 
-    /// Writes `response`, logs the access line and counts it in the metrics.
+    /// Writes `response`, logs the access line and counts it in the metrics once it is out.
     pub fn respond(
         &self,
         request: Request,
@@ -278,9 +283,20 @@ impl Cache {
         kind: Kind,
     ) {
         let status = response.status;
-        let sent = send::send_logged(request, response, close, start);
-        let bytes = sent.map_or(0, |s| s.body_bytes);
-        self.shared.metrics.request_finished(kind, status, bytes);
+        let shared = self.shared.clone();
+        send::send_logged(request, response, close, start, move |sent| {
+            let bytes = sent.map_or(0, |s| s.body_bytes);
+            shared.metrics.request_finished(kind, status, bytes);
+        });
+    }
+
+    /// Adds a source of the open-connection count reported in `/metrics` (one per listener).
+    pub fn add_connection_gauge(&self, count: impl Fn() -> usize + Send + Sync + 'static) {
+        self.shared
+            .connection_gauges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(count));
     }
 
     /// `GET /metrics`: Prometheus text format.
@@ -291,6 +307,14 @@ impl Cache {
             nar_bytes: self.total_nar_bytes(),
             last_scan_seconds: scan.duration.as_secs_f64(),
             last_scan_unix: scan.finished_unix,
+            open_connections: self
+                .shared
+                .connection_gauges
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|count| count())
+                .sum(),
         })
     }
 

@@ -15,6 +15,8 @@ pub struct Options {
     pub port: u16,
     pub bind: IpAddr,
     pub threads: Option<usize>,
+    /// Open connections at most (`None`: the engine's default).
+    pub max_connections: Option<usize>,
     pub priority: Option<u32>,
     pub rescan_interval: Duration,
     pub log_level: log::LevelFilter,
@@ -27,7 +29,7 @@ pub struct Options {
     /// Where `/metrics` and `/health` are answered.
     pub ops: OpsEndpoints,
     pub access_log: bool,
-    pub timeouts: nix_binary_cache::reaper::Timeouts,
+    pub timeouts: nix_binary_cache::server::Timeouts,
 }
 
 /// Where the operator endpoints live.
@@ -87,6 +89,8 @@ OPTIONS:
                                                                            (NIX_BINARY_CACHE_BIND)
         --threads N             worker threads [default: 2 x CPU cores, at least 4]
                                                                            (NIX_BINARY_CACHE_THREADS)
+        --max-connections N     open client connections at most; more are closed at once
+                                [default: 100000]          (NIX_BINARY_CACHE_MAX_CONNECTIONS)
         --priority N            Priority advertised in nix-cache-info (lower wins; cache.nixos.org
                                 is 40) [default: the file's, else 40]     (NIX_BINARY_CACHE_PRIORITY)
         --rescan-interval SECS  rebuild the narinfo index every SECS seconds; 0 = never
@@ -110,7 +114,8 @@ OPTIONS:
                                 [default: 30]                 (NIX_BINARY_CACHE_HEADER_TIMEOUT)
         --idle-timeout SECS     close a keep-alive connection idle for SECS [default: 60]
                                                                 (NIX_BINARY_CACHE_IDLE_TIMEOUT)
-        --stall-timeout SECS    abort a download whose client reads nothing for SECS
+        --stall-timeout SECS    abort a download whose client reads nothing, or an upload
+                                whose client sends nothing, for SECS
                                 [default: 60]                  (NIX_BINARY_CACHE_STALL_TIMEOUT)
         --access-log on|off     one log line per request [default: on] (NIX_BINARY_CACHE_ACCESS_LOG)
     -h, --help                  print this help
@@ -146,6 +151,11 @@ pub fn parse(
     let mut port = env_value(&env, "NIX_BINARY_CACHE_PORT", "port")?;
     let mut bind = env_value(&env, "NIX_BINARY_CACHE_BIND", "bind address")?;
     let mut threads = env_value(&env, "NIX_BINARY_CACHE_THREADS", "thread count")?;
+    let mut max_connections = env_value(
+        &env,
+        "NIX_BINARY_CACHE_MAX_CONNECTIONS",
+        "connection limit",
+    )?;
     let mut priority = env_value(&env, "NIX_BINARY_CACHE_PRIORITY", "priority")?;
     let mut rescan: Option<u64> =
         env_value(&env, "NIX_BINARY_CACHE_RESCAN_INTERVAL", "rescan interval")?;
@@ -192,6 +202,9 @@ pub fn parse(
             Short('p') | Long("port") => port = Some(value(&mut parser, "port")?),
             Long("bind") => bind = Some(value(&mut parser, "bind address")?),
             Long("threads") => threads = Some(value(&mut parser, "thread count")?),
+            Long("max-connections") => {
+                max_connections = Some(value(&mut parser, "connection limit")?)
+            }
             Long("priority") => priority = Some(value(&mut parser, "priority")?),
             Long("rescan-interval") => rescan = Some(value(&mut parser, "rescan interval")?),
             Long("log-level") => log_level = Some(value(&mut parser, "log level")?),
@@ -232,6 +245,9 @@ pub fn parse(
     let root = root.ok_or_else(|| {
         UsageError("missing PATH: the cache directory to serve (try --help)".into())
     })?;
+    if max_connections == Some(0) {
+        return Err(UsageError("--max-connections must be at least 1".into()));
+    }
     if threads == Some(0) {
         return Err(UsageError("--threads must be at least 1".into()));
     }
@@ -246,6 +262,7 @@ pub fn parse(
         port: port.unwrap_or(8080),
         bind: bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
         threads,
+        max_connections,
         priority,
         rescan_interval: Duration::from_secs(rescan.unwrap_or(60)),
         log_level: log_level.unwrap_or(log::LevelFilter::Info),
@@ -256,11 +273,11 @@ pub fn parse(
         ops: ops.unwrap_or(OpsEndpoints::Main),
         access_log: access_log.is_none_or(|s| s.0),
         timeouts: {
-            let d = nix_binary_cache::reaper::Timeouts::default();
+            let d = nix_binary_cache::server::Timeouts::default();
             let secs = |v: Option<u64>, default: Duration| {
                 v.map_or(default, |s| Duration::from_secs(s.max(1)))
             };
-            nix_binary_cache::reaper::Timeouts {
+            nix_binary_cache::server::Timeouts {
                 header: secs(header_timeout, d.header),
                 idle: secs(idle_timeout, d.idle),
                 stall: secs(stall_timeout, d.stall),

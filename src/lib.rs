@@ -35,14 +35,13 @@ mod mount;
 pub mod narinfo;
 pub mod nix32;
 pub mod range;
-pub mod reaper;
 mod response;
 pub mod route;
 pub mod send;
+#[cfg(feature = "engine")]
 pub mod server;
 pub mod signing;
 pub mod slots;
-mod socket;
 pub mod systemd;
 pub mod upload;
 pub mod verify;

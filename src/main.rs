@@ -155,10 +155,14 @@ fn serve(options: cli::Options) -> Result<(), String> {
     pool.shutdown_listener = !from_systemd;
     pool.ops_endpoints = options.ops == cli::OpsEndpoints::Main;
     pool.timeouts = options.timeouts;
+    if let Some(n) = options.max_connections {
+        pool.max_connections = n;
+    }
     if let cli::OpsEndpoints::Separate(addr) = options.ops {
         let listener =
             server::bind(addr).map_err(|e| format!("cannot listen for /metrics on {addr}: {e}"))?;
-        server::start_ops_listener(listener, cache.clone()).map_err(|e| e.to_string())?;
+        server::start_ops_listener(listener, cache.clone(), options.timeouts)
+            .map_err(|e| e.to_string())?;
         log::info!("/metrics and /health on http://{addr}");
     }
     let entries = cache.len();

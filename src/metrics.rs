@@ -106,6 +106,7 @@ pub struct Gauges {
     pub nar_bytes: u64,
     pub last_scan_seconds: f64,
     pub last_scan_unix: u64,
+    pub open_connections: usize,
 }
 
 impl Metrics {
@@ -169,6 +170,12 @@ impl Metrics {
             "nbc_requests_in_flight",
             "Requests being answered now.",
             self.in_flight.load(Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "nbc_connections_open",
+            "Client connections open now.",
+            g.open_connections.to_string(),
         );
         gauge(
             &mut out,

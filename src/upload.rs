@@ -56,6 +56,10 @@ impl UploadError {
             UploadError::Unsupported(_) => 415,
             UploadError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC) => 507,
             UploadError::Io(e) if e.raw_os_error() == Some(libc::EDQUOT) => 507,
+            // The body itself was at fault: malformed chunks, cut short, or stalled.
+            UploadError::Io(e) if e.kind() == io::ErrorKind::InvalidData => 400,
+            UploadError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => 400,
+            UploadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => 408,
             UploadError::Io(_) => 500,
         }
     }

@@ -1,6 +1,6 @@
 //! Mounting the cache inside another tiny_http application.
 //!
-//! `cargo run --example embed -- CACHE_DIR [PORT]` serves the application's own `/hello` route
+//! `cargo run --manifest-path examples/embed/Cargo.toml -- CACHE_DIR [PORT]` serves the application's own `/hello` route
 //! and the binary cache under `/cache`, so Nix can use `http://127.0.0.1:PORT/cache`.
 
 use nix_binary_cache::{Cache, Config, Mount};

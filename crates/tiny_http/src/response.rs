@@ -24,18 +24,18 @@ use std::time::SystemTime;
 /// Some headers have special behaviors:
 ///
 ///  - `Content-Encoding`: If you define this header, the library
-///     will assume that the data from the `Read` object has the specified encoding
-///     and will just pass-through.
+///    will assume that the data from the `Read` object has the specified encoding
+///    and will just pass-through.
 ///
 ///  - `Content-Length`: The length of the data should be set manually
-///     using the `Reponse` object's API. Attempting to set the value of this
-///     header will be equivalent to modifying the size of the data but the header
-///     itself may not be present in the final result.
+///    using the `Reponse` object's API. Attempting to set the value of this
+///    header will be equivalent to modifying the size of the data but the header
+///    itself may not be present in the final result.
 ///
 ///  - `Content-Type`: You may only set this header to one value at a time. If you
-///     try to set it more than once, the existing value will be overwritten. This
-///     behavior differs from the default for most headers, which is to allow them to
-///     be set multiple times in the same response.
+///    try to set it more than once, the existing value will be overwritten. This
+///    behavior differs from the default for most headers, which is to allow them to
+///    be set multiple times in the same response.
 ///
 pub struct Response<R> {
     reader: R,
@@ -117,8 +117,6 @@ fn choose_transfer_encoding(
     has_additional_headers: bool,
     chunked_threshold: usize,
 ) -> TransferEncoding {
-    use crate::util;
-
     // HTTP 1.0 doesn't support other encoding
     if *http_version <= (1, 0) {
         return TransferEncoding::Identity;
@@ -141,7 +139,7 @@ fn choose_transfer_encoding(
         // getting the corresponding TransferEncoding
         .and_then(|value| {
             // getting list of requested elements
-            let mut parse = util::parse_header_value(value.as_str()); // TODO: remove conversion
+            let mut parse = parse_header_value(value.as_str()); // TODO: remove conversion
 
             // sorting elements by most priority
             parse.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal));
@@ -174,7 +172,7 @@ fn choose_transfer_encoding(
     // if we don't have a Content-Length, or if the Content-Length is too big, using chunks writer
     if entity_length
         .as_ref()
-        .map_or(true, |val| *val >= chunked_threshold)
+        .is_none_or(|val| *val >= chunked_threshold)
     {
         return TransferEncoding::Chunked;
     }
@@ -271,8 +269,8 @@ where
 
             return;
         // if the header is Content-Type and it's already set, overwrite it
-        } else if header.field.equiv("Content-Type") {
-            if let Some(content_type_header) = self
+        } else if header.field.equiv("Content-Type")
+            && let Some(content_type_header) = self
                 .headers
                 .iter_mut()
                 .find(|h| h.field.equiv("Content-Type"))
@@ -280,7 +278,6 @@ where
                 content_type_header.value = header.value;
                 return;
             }
-        }
 
         self.headers.push(header);
     }
@@ -571,4 +568,26 @@ impl Clone for Response<io::Empty> {
             chunked_threshold: self.chunked_threshold,
         }
     }
+}
+
+/// Parses a header value such as `TE: trailers, deflate;q=0.5` into `(token, q)` pairs
+/// (upstream tiny_http's helper, kept with the response code that uses it).
+fn parse_header_value(input: &str) -> Vec<(&str, f32)> {
+    input
+        .split(',')
+        .filter_map(|elem| {
+            let mut params = elem.split(';');
+            let t = params.next()?;
+            let mut value = 1.0_f32;
+            for p in params {
+                if let Some(q) = p.trim_start().strip_prefix("q=")
+                    && let Ok(val) = q.trim().parse::<f32>()
+                {
+                    value = val;
+                    break;
+                }
+            }
+            Some((t.trim(), value))
+        })
+        .collect()
 }
