@@ -558,3 +558,42 @@ fn bad_keys_and_token_files_stop_the_start() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn an_upload_waits_for_a_place_longer_than_the_stall_timeout() {
+    // Waiting for a place is not a stall: the body is left unread on purpose.
+    let (dir, _s, server) =
+        upload_server("cache-xz", &["--max-uploads", "1", "--stall-timeout", "1"]);
+    let holder = vec![4u8; 32 << 10];
+    let holder_path = format!("/nar/{}.nar", nix32_sha256(&holder));
+    let mut slow = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(slow, "PUT {holder_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n", bearer(), holder.len()).unwrap();
+    slow.write_all(&holder[..1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let queued_body = vec![6u8; 32 << 10];
+    let queued_path = format!("/nar/{}.nar", nix32_sha256(&queued_body));
+    let port = server.port;
+    let (p, b) = (queued_path.clone(), queued_body.clone());
+    let queued = std::thread::spawn(move || put(port, &p, &b, Some(&bearer())));
+    // The holder trickles its body (progress, so it is not cut off) for three stall timeouts.
+    let mut sent = 1000;
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(250));
+        slow.write_all(&holder[sent..sent + 100]).unwrap();
+        sent += 100;
+    }
+    assert!(!queued.is_finished(), "still waiting for the place");
+    slow.write_all(&holder[sent..]).unwrap();
+    let mut answer = String::new();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let r = queued.join().unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), server.log());
+    assert_eq!(
+        std::fs::read(dir.path().join(&queued_path[1..])).unwrap(),
+        queued_body
+    );
+}
