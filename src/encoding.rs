@@ -213,15 +213,15 @@ mod tests {
 
     #[test]
     fn a_bomb_is_read_only_as_far_as_the_caller_asks() {
-        let zeros = vec![0u8; 8 << 20];
+        let zeros = vec![0u8; 2 << 20];
         for encoding in ALL.into_iter().skip(1) {
             let body = compressed(encoding, &zeros);
             assert!(body.len() < 1 << 20, "{encoding:?}: {}", body.len());
             let mut out = Vec::new();
             let mut wire = &body[..];
             let r = encoding.decoder(&mut wire).unwrap();
-            let n = r.take(1 << 20).read_to_end(&mut out).unwrap();
-            assert_eq!(n, 1 << 20, "{encoding:?}");
+            let n = r.take(512 << 10).read_to_end(&mut out).unwrap();
+            assert_eq!(n, 512 << 10, "{encoding:?}");
         }
     }
 }
