@@ -6,7 +6,6 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -15,16 +14,18 @@ use tiny_http::{Header, Method, Request};
 use crate::atomic;
 use crate::auth::Tokens;
 use crate::cache_info::CacheInfo;
+use crate::encoding::Encoding;
 use crate::files;
 use crate::index::{Index, Lookup, ScanStats, fnv1a};
 use crate::landing;
 use crate::metrics::{Gauges, Kind, Metrics};
 use crate::range::{self, RangeAnswer};
 use crate::response::{Body, Response};
-use crate::route::{FileKind, Route, RouteError, route};
+use crate::route::{FileKind, Route, RouteError, decode, route};
 use crate::send;
 use crate::served_times::{self, Recorder};
 use crate::signing::SigningKey;
+use crate::slots::UploadSlots;
 use crate::upload::{Stored, Target};
 
 /// How to open a cache directory.
@@ -71,19 +72,24 @@ pub struct UploadConfig {
     pub tokens: Tokens,
     /// Largest NAR, log or listing accepted, in bytes.
     pub max_body: u64,
-    /// Uploads running at once; more get 503 with `Retry-After`, which Nix retries.
+    /// Uploads running at once; more wait for a place (see [`crate::slots`]).
     pub max_concurrent: usize,
+    /// How long an upload waits for a place before it gets 503 with `Retry-After`. Below
+    /// curl's 300 s stall limit, which would otherwise end the waiting client's request.
+    pub max_wait: Duration,
 }
 
 impl UploadConfig {
     pub const DEFAULT_MAX_BODY: u64 = 16 << 30;
     pub const DEFAULT_MAX_CONCURRENT: usize = 8;
+    pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(120);
 
     pub fn new(tokens: Tokens) -> UploadConfig {
         UploadConfig {
             tokens,
             max_body: Self::DEFAULT_MAX_BODY,
             max_concurrent: Self::DEFAULT_MAX_CONCURRENT,
+            max_wait: Self::DEFAULT_MAX_WAIT,
         }
     }
 }
@@ -102,7 +108,7 @@ struct Shared {
     info: RwLock<Arc<CacheInfo>>,
     index: Index,
     uploads: Option<UploadConfig>,
-    active_uploads: AtomicUsize,
+    upload_slots: UploadSlots,
     /// `trusted-public-keys` entries of the signing keys, for the landing page.
     public_keys: RwLock<Vec<String>>,
     metrics: Metrics,
@@ -152,6 +158,14 @@ impl Cache {
         for dir in ["", "nar", "log", "realisations", "debuginfo"] {
             atomic::clean_stale(&config.root.join(dir));
         }
+        // build-trace-v2/ holds one directory per derivation, where its uploads write.
+        if let Ok(entries) = std::fs::read_dir(config.root.join("build-trace-v2")) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    atomic::clean_stale(&entry.path());
+                }
+            }
+        }
         let info = CacheInfo::load(&config.root, config.priority)?;
         let index = Index::new(&config.root, &info.store_dir, config.sign_keys.clone());
         let shared = Arc::new(Shared {
@@ -161,7 +175,7 @@ impl Cache {
             info: RwLock::new(Arc::new(info)),
             index,
             uploads: config.uploads.clone(),
-            active_uploads: AtomicUsize::new(0),
+            upload_slots: UploadSlots::new(config.uploads.as_ref().map_or(1, |u| u.max_concurrent)),
             public_keys: RwLock::new(
                 config
                     .sign_keys
@@ -266,18 +280,15 @@ impl Cache {
         if path == "/" {
             return self.landing(headers);
         }
-        let result = match route(path) {
+        let Ok(decoded) = decode(path) else {
+            return bad_path();
+        };
+        let result = match route(&decoded) {
             Ok(Route::CacheInfo) => Ok(self.cache_info()),
             Ok(Route::NarInfo(hash)) => self.narinfo(hash),
             Ok(Route::File(kind, rel)) => self.file(kind, rel),
             Err(RouteError::NotFound) => Ok(not_found()),
-            Err(RouteError::BadPath) => {
-                return Response::text(
-                    400,
-                    "malformed path: only the characters Nix uses in cache paths are allowed",
-                )
-                .header("Cache-Control", max_age::NONE);
-            }
+            Err(RouteError::BadPath) => return bad_path(),
         };
         match result {
             Ok(response) => conditional(response, headers),
@@ -414,22 +425,38 @@ impl Cache {
         let encoding = request
             .headers()
             .iter()
-            .find(|h| h.field.equiv("Content-Encoding"));
-        if let Some(enc) = encoding.filter(|h| !h.value.as_str().eq_ignore_ascii_case("identity")) {
-            return Response::text(
-                415,
-                &format!(
-                    "Content-Encoding {} is not stored; upload the bytes as they should be served",
-                    enc.value
-                ),
+            .find(|h| h.field.equiv("Content-Encoding"))
+            .map(|h| h.value.as_str());
+        let encoding = match Encoding::parse(encoding) {
+            Ok(encoding) => encoding,
+            Err(name) => {
+                return Response::text(
+                    415,
+                    &format!(
+                        "Content-Encoding {name} is not decoded here; use br, xz, zstd, gzip, \
+                         bzip2 or none"
+                    ),
+                )
+                .header("Cache-Control", max_age::NONE);
+            }
+        };
+        // Waits for a place without reading the body: the client is held back by TCP.
+        let Some(slot) = self.shared.upload_slots.acquire(config.max_wait) else {
+            log::warn!(
+                "PUT {path}: no upload place freed in {}s (--max-uploads {} all busy)",
+                config.max_wait.as_secs(),
+                config.max_concurrent
             );
-        }
-        let Some(_slot) = UploadSlot::take(&self.shared.active_uploads, config.max_concurrent)
-        else {
-            return Response::text(503, "too many uploads at once; retry shortly")
+            return Response::text(503, "every upload place stayed busy; retry shortly")
                 .header("Retry-After", "1")
                 .header("Cache-Control", max_age::NONE);
         };
+        if !slot.waited.is_zero() {
+            log::debug!(
+                "PUT {path}: waited {} ms for an upload place",
+                slot.waited.as_millis()
+            );
+        }
         let path = path.split_once('?').map_or(path, |(p, _)| p);
         let store_dir = self.shared.info().store_dir.clone();
         let target = Target {
@@ -438,7 +465,7 @@ impl Cache {
             max_body: config.max_body,
         };
         let declared = request.body_length().map(|n| n as u64);
-        match target.store(path, declared, request.as_reader()) {
+        match target.store(path, declared, encoding, request.as_reader()) {
             Ok(stored) => {
                 let bytes = match stored {
                     Stored::File { bytes, .. } => bytes,
@@ -524,7 +551,9 @@ impl Cache {
             FileKind::Nar => ("application/x-nix-nar", max_age::IMMUTABLE),
             FileKind::Listing => ("application/json", max_age::MEDIUM),
             FileKind::Log => ("text/plain; charset=utf-8", max_age::MEDIUM),
-            FileKind::Realisation | FileKind::DebugInfo => ("application/json", max_age::MEDIUM),
+            FileKind::Realisation | FileKind::BuildTrace | FileKind::DebugInfo => {
+                ("application/json", max_age::MEDIUM)
+            }
         };
         let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
         let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -667,24 +696,13 @@ fn lower_thread_priority() {
     }
 }
 
-/// One of the limited upload places, given back on drop.
-struct UploadSlot<'a>(&'a AtomicUsize);
-
-impl<'a> UploadSlot<'a> {
-    fn take(active: &'a AtomicUsize, max: usize) -> Option<UploadSlot<'a>> {
-        active
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| UploadSlot(active))
-    }
-}
-
-impl Drop for UploadSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+/// A path no Nix client sends: characters outside Nix's, a second layer of escapes, `..`.
+fn bad_path() -> Response {
+    Response::text(
+        400,
+        "malformed path: only the characters Nix uses in cache paths are allowed",
+    )
+    .header("Cache-Control", max_age::NONE)
 }
 
 fn not_found() -> Response {

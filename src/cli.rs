@@ -129,7 +129,7 @@ OPTIONS:
                                 line; SIGHUP re-reads it      (NIX_BINARY_CACHE_UPLOAD_TOKEN_FILE)
         --max-upload-size SIZE  largest NAR, log or listing accepted, e.g. 512M, 16G
                                 [default: 16G]                 (NIX_BINARY_CACHE_MAX_UPLOAD_SIZE)
-        --max-uploads N         uploads at once; more get 503 and Nix retries [default: 8]
+        --max-uploads N         uploads at once; more wait for a place (up to 120 s) [default: 8]
                                                                       (NIX_BINARY_CACHE_MAX_UPLOADS)
         --metrics WHERE         /metrics and /health: `main` (on PORT), `off`, or ADDR:PORT to
                                 serve them only there [default: main]   (NIX_BINARY_CACHE_METRICS)

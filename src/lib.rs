@@ -25,6 +25,7 @@ mod atomic;
 pub mod auth;
 mod cache;
 mod cache_info;
+pub mod encoding;
 mod files;
 pub mod gc;
 mod immutable;
@@ -43,6 +44,7 @@ pub mod served_times;
 #[cfg(feature = "engine")]
 pub mod server;
 pub mod signing;
+pub mod slots;
 pub mod systemd;
 pub mod upload;
 pub mod verify;

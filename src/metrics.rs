@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::process_stats;
 
-use crate::route::{FileKind, Route, route};
+use crate::route::{FileKind, Route, decode, route};
 
 /// What a request was for, as a metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +51,16 @@ impl Kind {
         if path == "/" {
             return Kind::Landing;
         }
-        match route(path) {
+        let Ok(path) = decode(path) else {
+            return Kind::Other;
+        };
+        match route(&path) {
             Ok(Route::CacheInfo) => Kind::CacheInfo,
             Ok(Route::NarInfo(_)) => Kind::NarInfo,
             Ok(Route::File(FileKind::Nar, _)) => Kind::Nar,
             Ok(Route::File(FileKind::Listing, _)) => Kind::Listing,
             Ok(Route::File(FileKind::Log, _)) => Kind::Log,
-            Ok(Route::File(FileKind::Realisation, _)) => Kind::Realisation,
+            Ok(Route::File(FileKind::Realisation | FileKind::BuildTrace, _)) => Kind::Realisation,
             Ok(Route::File(FileKind::DebugInfo, _)) => Kind::DebugInfo,
             Err(_) => Kind::Other,
         }

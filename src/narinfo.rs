@@ -105,12 +105,48 @@ impl<'a> NarInfo<'a> {
         })
     }
 
+    /// Why Nix 2.34+ would refuse this narinfo although older clients take it: a `Sig` that is
+    /// not `name:base64` of a 64-byte signature (2.34), a `Compression` it does not know (2.35).
+    /// An upload must pass this, so that every client version can read what we store.
+    pub fn check_strict(&self) -> Result<(), ParseError> {
+        if !KNOWN_COMPRESSIONS.contains(&self.compression) {
+            return err(format!(
+                "Compression {:?} is not one Nix knows ({})",
+                self.compression,
+                KNOWN_COMPRESSIONS.join(", ")
+            ));
+        }
+        if let Some(sig) = self.sigs.iter().find(|s| !is_well_formed_sig(s)) {
+            return err(format!(
+                "Sig {sig:?} is not name:base64 of an ed25519 signature"
+            ));
+        }
+        Ok(())
+    }
+
     /// The 32-character hash part of the store path: the narinfo's file name stem.
     pub fn store_hash(&self) -> &'a str {
         let base = base_name(self.store_path);
         &base[..nix32::STORE_HASH_LEN]
     }
 }
+
+/// True if a `Sig:` value is `name:base64` of 64 bytes, the only form Nix 2.34+ accepts.
+pub fn is_well_formed_sig(sig: &str) -> bool {
+    use base64::Engine;
+    sig.split_once(':').is_some_and(|(name, b64)| {
+        !name.is_empty()
+            && base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .is_ok_and(|bytes| bytes.len() == 64)
+    })
+}
+
+/// `Compression:` values Nix reads a NAR with (its own `none` and `br`, plus libarchive's).
+pub const KNOWN_COMPRESSIONS: [&str; 13] = [
+    "none", "xz", "bzip2", "zstd", "br", "gzip", "lz4", "lzip", "lzma", "lzop", "grzip", "lrzip",
+    "compress",
+];
 
 /// The last component of a store path.
 fn base_name(path: &str) -> &str {
@@ -209,6 +245,30 @@ References: z4asv3j07d89ywjf8fxkn7sg6mf5s9q5-dep 4q1c78ism9fv0myqldmih68c6yjmpi2
 Deriver: 3b0wxpgw8y2a43yyk5r3clb4zw92jcf8-hello-fixture.drv\n\
 Sig: fixture-1:Q9AGdI7u4IdV==\n\
 Future: ignored\n";
+
+    #[test]
+    fn strict_check_is_what_nix_2_35_wants() {
+        // GOOD's own Sig is short (the parser does not care; Nix 2.34+ would).
+        let base = GOOD.replace("Sig: fixture-1:Q9AGdI7u4IdV==\n", "");
+        let good_sig = format!("Sig: k-1:{}==\n", "A".repeat(86));
+        let ok = format!("{base}{good_sig}");
+        assert_eq!(
+            NarInfo::parse(&ok, "/nix/store").unwrap().check_strict(),
+            Ok(())
+        );
+        for (bad, says) in [
+            (format!("{GOOD}Sig: k-1:c2ln\n"), "Sig"),
+            (format!("{GOOD}Sig: nocolon\n"), "Sig"),
+            (format!("{GOOD}Sig: :{}==\n", "A".repeat(86)), "Sig"),
+            (
+                GOOD.replace("Compression: xz", "Compression: xzz"),
+                "Compression",
+            ),
+        ] {
+            let e = NarInfo::parse(&bad, "/nix/store").unwrap().check_strict();
+            assert!(e.is_err_and(|e| e.0.contains(says)), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_every_field() {

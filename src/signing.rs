@@ -17,7 +17,7 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use ed25519_dalek::{Signature, Signer};
 
-use crate::narinfo::NarInfo;
+use crate::narinfo::{NarInfo, is_well_formed_sig};
 use crate::nix32;
 
 /// Standard base64 as Nix writes it (padded); decoding also takes unpadded text, as Nix does.
@@ -483,8 +483,9 @@ impl std::error::Error for FingerprintError {}
 
 /// Returns `text` (the narinfo `info` was parsed from) with a `Sig:` line appended for each key
 /// whose name has no signature yet. Existing `Sig:` lines are kept as they are: a second signing
-/// changes nothing, and signatures by other keys survive. Nothing to add returns `text` unchanged,
-/// even for a narinfo that could not be signed.
+/// changes nothing, and signatures by other keys survive; malformed ones, which make Nix 2.34+
+/// refuse the narinfo, are dropped. Nothing to add or drop returns `text` unchanged, even for a
+/// narinfo that could not be signed.
 pub fn sign_narinfo(
     text: &str,
     info: &NarInfo,
@@ -494,6 +495,7 @@ pub fn sign_narinfo(
     let mut signed: Vec<&str> = info
         .sigs
         .iter()
+        .filter(|sig| is_well_formed_sig(sig))
         .filter_map(|sig| sig.split_once(':').map(|(name, _)| name))
         .collect();
     let mut missing = Vec::new();
@@ -504,13 +506,23 @@ pub fn sign_narinfo(
             missing.push(key);
         }
     }
-    if missing.is_empty() {
+    let malformed = info.sigs.iter().any(|sig| !is_well_formed_sig(sig));
+    if missing.is_empty() && !malformed {
         return Ok(text.to_owned());
     }
 
     let fingerprint = fingerprint(info, store_dir)?;
     let mut out = String::with_capacity(text.len() + missing.len() * 128);
-    out.push_str(text);
+    // A malformed `Sig:` line makes Nix 2.34+ refuse the whole narinfo: a narinfo we rewrite
+    // drops it (it could never verify anyway), keeping every other line as it was.
+    for line in text.split_inclusive('\n') {
+        let bad_sig = line
+            .strip_prefix("Sig: ")
+            .is_some_and(|sig| !is_well_formed_sig(sig.trim_end_matches('\n')));
+        if !bad_sig {
+            out.push_str(line);
+        }
+    }
     // Every line must end with '\n'; Nix's parser rejects a last line without one.
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
@@ -602,6 +614,25 @@ mod tests {
     fn trailing_newline_in_key_file_is_ignored() {
         let key = SigningKey::parse(&format!("{SECRET}\n")).unwrap();
         assert_eq!(key.public_key(), PUBLIC.trim_end());
+    }
+
+    #[test]
+    fn malformed_signatures_are_dropped_when_signing() {
+        let (unsigned, signed) = PAIRS[0];
+        let key = test_key();
+        for bad in ["Sig: junk\n", "Sig: other-1:c2lnbmF0dXJl\n", "Sig: :\n"] {
+            let text = format!("{unsigned}{bad}");
+            let out =
+                sign_narinfo(&text, &parse(&text), std::slice::from_ref(&key), STORE).unwrap();
+            assert_eq!(out, signed, "{bad:?}");
+            let info = NarInfo::parse(&out, STORE).unwrap();
+            assert!(info.check_strict().is_ok());
+            // Already signed by our key: the malformed line still goes.
+            let text = format!("{signed}{bad}");
+            let out =
+                sign_narinfo(&text, &parse(&text), std::slice::from_ref(&key), STORE).unwrap();
+            assert_eq!(out, signed, "{bad:?}");
+        }
     }
 
     #[test]

@@ -15,13 +15,18 @@ use sha2::{Digest, Sha256};
 
 use crate::atomic::TempFile;
 use crate::cache_info::CacheInfo;
+use crate::encoding::Encoding;
 use crate::immutable::Replacement;
 use crate::narinfo::NarInfo;
 use crate::nix32;
-use crate::route::{FileKind, Route, route};
+use crate::route::{FileKind, Route, decode, route};
 
 /// Largest narinfo or nix-cache-info accepted; real ones are a few hundred bytes.
 pub const MAX_METADATA_BYTES: u64 = 1 << 20;
+
+/// Largest decoded `.ls` or log accepted from a compressed upload (below `--max-upload-size`
+/// if that is smaller): a few kilobytes of compressed zeros must not fill the disk.
+pub const MAX_DECODED_BYTES: u64 = 256 << 20;
 
 /// What a successful upload stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +45,8 @@ pub enum UploadError {
     TooLarge(u64),
     /// `nix-cache-info` exists already: 409.
     Conflict(String),
+    /// A `Content-Encoding` we do not decode, or on a path that must not have one: 415.
+    Unsupported(String),
     /// The client went away or the disk failed mid-way: nothing was kept.
     Io(io::Error),
 }
@@ -50,6 +57,7 @@ impl UploadError {
             UploadError::Invalid(_) => 400,
             UploadError::TooLarge(_) => 413,
             UploadError::Conflict(_) => 409,
+            UploadError::Unsupported(_) => 415,
             UploadError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC) => 507,
             UploadError::Io(e) if e.raw_os_error() == Some(libc::EDQUOT) => 507,
             // The body itself was at fault: malformed chunks, cut short, or stalled.
@@ -64,7 +72,7 @@ impl UploadError {
         match self {
             UploadError::Invalid(why) => why.clone(),
             UploadError::TooLarge(max) => format!("body larger than the limit of {max} bytes"),
-            UploadError::Conflict(why) => why.clone(),
+            UploadError::Conflict(why) | UploadError::Unsupported(why) => why.clone(),
             UploadError::Io(e) if self.status() == 507 => {
                 format!("no space left to store the upload: {e}")
             }
@@ -74,8 +82,13 @@ impl UploadError {
 }
 
 impl From<io::Error> for UploadError {
+    /// A body that does not decode ([`Encoding::decoder`]) is the client's mistake: 400.
     fn from(e: io::Error) -> Self {
-        UploadError::Io(e)
+        if e.kind() == io::ErrorKind::InvalidData {
+            UploadError::Invalid(e.to_string())
+        } else {
+            UploadError::Io(e)
+        }
     }
 }
 
@@ -88,23 +101,45 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
-    /// Stores `body` (the request body, `declared` bytes if the client said) at `path`.
+    /// Stores `body` (the request body, `declared` bytes on the wire if the client said,
+    /// compressed with `encoding`) at `path` (percent-encoded or not, query removed).
     pub fn store(
         &self,
         path: &str,
         declared: Option<u64>,
+        encoding: Encoding,
         body: &mut dyn Read,
     ) -> Result<Stored, UploadError> {
-        let route = route(path).map_err(|_| {
-            UploadError::Invalid(format!("{path} is not a path Nix stores in a cache"))
-        })?;
-        let limit = match route {
+        let not_ours =
+            || UploadError::Invalid(format!("{path} is not a path Nix stores in a cache"));
+        let decoded = decode(path).map_err(|_| not_ours())?;
+        let route = route(&decoded).map_err(|_| not_ours())?;
+        let mut limit = match route {
             Route::CacheInfo | Route::NarInfo(_) => MAX_METADATA_BYTES,
             Route::File(..) => self.max_body,
         };
         if declared.is_some_and(|n| n > limit) {
             return Err(UploadError::TooLarge(limit));
         }
+        let compressible = matches!(
+            route,
+            Route::NarInfo(_) | Route::File(FileKind::Listing | FileKind::Log, _)
+        );
+        if encoding != Encoding::Plain {
+            if !compressible {
+                return Err(UploadError::Unsupported(format!(
+                    "Content-Encoding {} is accepted on .narinfo, .ls and log/ uploads only; \
+                     a NAR's compression is stated in its narinfo: upload its bytes as stored",
+                    encoding.name()
+                )));
+            }
+            limit = limit.min(MAX_DECODED_BYTES);
+        }
+        let body = &mut encoding.decoder(body)?;
+        // Content-Length counts the encoded bytes on the wire; what is checked against it below
+        // is the decoded text, so only a plain body is compared (the connection engine already
+        // refuses an encoded body shorter than its Content-Length, and the decoder a cut stream).
+        let declared = declared.filter(|_| encoding == Encoding::Plain);
         match route {
             Route::CacheInfo => self.store_cache_info(body, declared),
             Route::NarInfo(hash) => self.store_narinfo(hash, declared, body),
@@ -148,6 +183,8 @@ impl Target<'_> {
         let text = read_text(body, MAX_METADATA_BYTES, declared)?;
         let info = NarInfo::parse(&text, self.store_dir)
             .map_err(|e| UploadError::Invalid(format!("malformed narinfo: {e}")))?;
+        info.check_strict()
+            .map_err(|e| UploadError::Invalid(format!("narinfo newer Nix would refuse: {e}")))?;
         if info.store_hash() != hash {
             return Err(UploadError::Invalid(format!(
                 "StorePath {} does not match {hash}.narinfo",
@@ -319,7 +356,7 @@ impl Target<'_> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(UploadError::Io(e)),
+                Err(e) => return Err(e.into()),
             };
             total += n as u64;
             if total > limit {
@@ -443,7 +480,12 @@ mod tests {
         let nar = b"some nar bytes".to_vec();
         let name = nar_name(&nar);
         let stored = t
-            .store(&format!("/{name}"), Some(nar.len() as u64), &mut &nar[..])
+            .store(
+                &format!("/{name}"),
+                Some(nar.len() as u64),
+                Encoding::Plain,
+                &mut &nar[..],
+            )
             .unwrap();
         assert_eq!(
             stored,
@@ -461,7 +503,12 @@ mod tests {
             nar.len()
         );
         let stored = t
-            .store(&format!("/{hash}.narinfo"), None, &mut info.as_bytes())
+            .store(
+                &format!("/{hash}.narinfo"),
+                None,
+                Encoding::Plain,
+                &mut info.as_bytes(),
+            )
             .unwrap();
         assert_eq!(stored, Stored::NarInfo { hash: hash.into() });
         assert_eq!(
@@ -479,7 +526,8 @@ mod tests {
         let nar = b"the same nar twice".to_vec();
         let name = nar_name(&nar);
         let upload = || {
-            t.store(&format!("/{name}"), None, &mut &nar[..]).unwrap();
+            t.store(&format!("/{name}"), None, Encoding::Plain, &mut &nar[..])
+                .unwrap();
             std::fs::metadata(root.join(&name)).unwrap().ino()
         };
         let first = upload();
@@ -504,20 +552,26 @@ mod tests {
         let nar = b"real bytes".to_vec();
         let wrong = nar_name(b"other bytes");
         let e = t
-            .store(&format!("/{wrong}"), None, &mut &nar[..])
+            .store(&format!("/{wrong}"), None, Encoding::Plain, &mut &nar[..])
             .unwrap_err();
         assert_eq!(e.status(), 400, "{}", e.message());
         assert!(e.message().contains("hashes to"));
 
         let big = vec![0u8; 2 << 20];
         let e = t
-            .store(&format!("/{}", nar_name(&big)), None, &mut &big[..])
+            .store(
+                &format!("/{}", nar_name(&big)),
+                None,
+                Encoding::Plain,
+                &mut &big[..],
+            )
             .unwrap_err();
         assert_eq!(e.status(), 413);
         let e = t
             .store(
                 &format!("/{}", nar_name(&big)),
                 Some(big.len() as u64),
+                Encoding::Plain,
                 &mut &big[..],
             )
             .unwrap_err();
@@ -529,21 +583,40 @@ mod tests {
             "0".repeat(52)
         );
         let e = t
-            .store(&format!("/{hash}.narinfo"), None, &mut orphan.as_bytes())
+            .store(
+                &format!("/{hash}.narinfo"),
+                None,
+                Encoding::Plain,
+                &mut orphan.as_bytes(),
+            )
             .unwrap_err();
         assert!(e.message().contains("not in the cache"), "{}", e.message());
         let other = "0000000000000000000000000000000a";
         let e = t
-            .store(&format!("/{other}.narinfo"), None, &mut orphan.as_bytes())
+            .store(
+                &format!("/{other}.narinfo"),
+                None,
+                Encoding::Plain,
+                &mut orphan.as_bytes(),
+            )
             .unwrap_err();
         assert!(e.message().contains("does not match"), "{}", e.message());
         let e = t
-            .store(&format!("/{hash}.narinfo"), None, &mut &b"junk"[..])
+            .store(
+                &format!("/{hash}.narinfo"),
+                None,
+                Encoding::Plain,
+                &mut &b"junk"[..],
+            )
             .unwrap_err();
         assert!(e.message().contains("malformed"), "{}", e.message());
-        let e = t.store("/../etc/passwd", None, &mut &b"x"[..]).unwrap_err();
+        let e = t
+            .store("/../etc/passwd", None, Encoding::Plain, &mut &b"x"[..])
+            .unwrap_err();
         assert_eq!(e.status(), 400);
-        let e = t.store("/nar/0123.nar", None, &mut &b"x"[..]).unwrap_err();
+        let e = t
+            .store("/nar/0123.nar", None, Encoding::Plain, &mut &b"x"[..])
+            .unwrap_err();
         assert!(e.message().contains("nix32 sha256"), "{}", e.message());
 
         // Only the (empty) nar/ directory may exist: no file, no temporary.
@@ -558,7 +631,8 @@ mod tests {
     /// A NAR and a narinfo for it, stored; returns the narinfo text and its upload path.
     fn stored_path(t: &Target, nar: &[u8]) -> (String, String) {
         let name = nar_name(nar);
-        t.store(&format!("/{name}"), None, &mut &nar[..]).unwrap();
+        t.store(&format!("/{name}"), None, Encoding::Plain, &mut &nar[..])
+            .unwrap();
         let hash = "4q1c78ism9fv0myqldmih68c6yjmpi2d";
         let info = format!(
             "StorePath: /nix/store/{hash}-x\nURL: {name}\nCompression: xz\nFileSize: {}\n\
@@ -566,7 +640,8 @@ mod tests {
             nar.len()
         );
         let path = format!("/{hash}.narinfo");
-        t.store(&path, None, &mut info.as_bytes()).unwrap();
+        t.store(&path, None, Encoding::Plain, &mut info.as_bytes())
+            .unwrap();
         (info, path)
     }
 
@@ -579,24 +654,37 @@ mod tests {
         // Same path, another NAR: refused, file unchanged, no temporary left.
         let other_nar = b"second nar".to_vec();
         let other_name = nar_name(&other_nar);
-        t.store(&format!("/{other_name}"), None, &mut &other_nar[..])
-            .unwrap();
+        t.store(
+            &format!("/{other_name}"),
+            None,
+            Encoding::Plain,
+            &mut &other_nar[..],
+        )
+        .unwrap();
         let other = info
             .replace(&nar_name(b"first nar"), &other_name)
             .replace("FileSize: 9", "FileSize: 10");
-        let e = t.store(&path, None, &mut other.as_bytes()).unwrap_err();
+        let e = t
+            .store(&path, None, Encoding::Plain, &mut other.as_bytes())
+            .unwrap_err();
         assert_eq!(e.status(), 409, "{}", e.message());
         assert!(e.message().contains("URL"), "{}", e.message());
         assert_eq!(std::fs::read_to_string(&file).unwrap(), info);
         // The same again: accepted, nothing changes.
-        t.store(&path, None, &mut info.as_bytes()).unwrap();
+        t.store(&path, None, Encoding::Plain, &mut info.as_bytes())
+            .unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), info);
         // With a signature: added.
-        let signed = format!("{info}Sig: k-1:c2ln\n");
-        t.store(&path, None, &mut signed.as_bytes()).unwrap();
+        // A well-formed signature (64 bytes in base64): newer Nix refuses other shapes.
+        let signed = format!(
+            "{info}Sig: k-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==\n"
+        );
+        t.store(&path, None, Encoding::Plain, &mut signed.as_bytes())
+            .unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), signed);
         // Without it again: the signature stays.
-        t.store(&path, None, &mut info.as_bytes()).unwrap();
+        t.store(&path, None, Encoding::Plain, &mut info.as_bytes())
+            .unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), signed);
         assert!(files_in(&root).iter().all(|n| !n.starts_with(".nbc")));
         std::fs::remove_dir_all(root).unwrap();
@@ -611,7 +699,8 @@ mod tests {
         let other_path = info.replace("4q1c78ism9fv0myqldmih68c6yjmpi2d", &"1".repeat(32));
         for broken in ["junk".to_string(), other_path] {
             std::fs::write(&file, broken).unwrap();
-            t.store(&path, None, &mut info.as_bytes()).unwrap();
+            t.store(&path, None, Encoding::Plain, &mut info.as_bytes())
+                .unwrap();
             assert_eq!(std::fs::read_to_string(&file).unwrap(), info);
         }
         // A link in its place (never served) is replaced by the file, not written through.
@@ -619,7 +708,8 @@ mod tests {
         std::fs::write(&outside, "x").unwrap();
         std::fs::remove_file(&file).unwrap();
         std::os::unix::fs::symlink(&outside, &file).unwrap();
-        t.store(&path, None, &mut info.as_bytes()).unwrap();
+        t.store(&path, None, Encoding::Plain, &mut info.as_bytes())
+            .unwrap();
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "x");
         assert!(std::fs::symlink_metadata(&file).unwrap().is_file());
         std::fs::remove_dir_all(root).unwrap();
@@ -633,7 +723,12 @@ mod tests {
         let name = nar_name(&nar);
         for declared in [nar.len() as u64 + 1, nar.len() as u64 - 1] {
             let e = t
-                .store(&format!("/{name}"), Some(declared), &mut &nar[..])
+                .store(
+                    &format!("/{name}"),
+                    Some(declared),
+                    Encoding::Plain,
+                    &mut &nar[..],
+                )
                 .unwrap_err();
             assert_eq!(e.status(), 400);
             assert!(e.message().contains("Content-Length"), "{}", e.message());
@@ -642,6 +737,7 @@ mod tests {
             .store(
                 "/log/4q1c78ism9fv0myqldmih68c6yjmpi2d-x.drv",
                 Some(100),
+                Encoding::Plain,
                 &mut &b"short log"[..],
             )
             .unwrap_err();
@@ -651,12 +747,19 @@ mod tests {
         let (info, path) = stored_path(&t, &nar);
         std::fs::remove_file(root.join(path.trim_start_matches('/'))).unwrap();
         let e = t
-            .store(&path, Some(info.len() as u64 + 5), &mut info.as_bytes())
+            .store(
+                &path,
+                Some(info.len() as u64 + 5),
+                Encoding::Plain,
+                &mut info.as_bytes(),
+            )
             .unwrap_err();
         assert!(e.message().contains("Content-Length"), "{}", e.message());
         assert!(!files_in(&root).iter().any(|n| n.ends_with(".narinfo")));
         let zero = info.replace("NarSize: 5", "NarSize: 0");
-        let e = t.store(&path, None, &mut zero.as_bytes()).unwrap_err();
+        let e = t
+            .store(&path, None, Encoding::Plain, &mut zero.as_bytes())
+            .unwrap_err();
         assert!(e.message().contains("NarSize 0"), "{}", e.message());
         std::fs::remove_dir_all(root).unwrap();
     }
@@ -665,15 +768,30 @@ mod tests {
     fn nix_cache_info_only_once() {
         let root = scratch("info");
         let t = target(&root);
-        t.store("/nix-cache-info", None, &mut &b"StoreDir: /nix/store\n"[..])
-            .unwrap();
+        t.store(
+            "/nix-cache-info",
+            None,
+            Encoding::Plain,
+            &mut &b"StoreDir: /nix/store\n"[..],
+        )
+        .unwrap();
         let e = t
-            .store("/nix-cache-info", None, &mut &b"StoreDir: /nix/store\n"[..])
+            .store(
+                "/nix-cache-info",
+                None,
+                Encoding::Plain,
+                &mut &b"StoreDir: /nix/store\n"[..],
+            )
             .unwrap_err();
         assert_eq!(e.status(), 409);
         std::fs::remove_file(root.join("nix-cache-info")).unwrap();
         let e = t
-            .store("/nix-cache-info", None, &mut &b"StoreDir: /gnu/store\n"[..])
+            .store(
+                "/nix-cache-info",
+                None,
+                Encoding::Plain,
+                &mut &b"StoreDir: /gnu/store\n"[..],
+            )
             .unwrap_err();
         assert_eq!(e.status(), 400);
         std::fs::remove_dir_all(root).unwrap();

@@ -873,3 +873,140 @@ fn slow_and_idle_connections_are_closed_and_do_not_delay_others() {
     );
     assert_eq!(server.get("/nix-cache-info").status, 200, "still serving");
 }
+
+#[test]
+fn percent_encoded_paths_are_served_like_raw_ones() {
+    let dir = copy_fixture("cache-zstd");
+    let m = manifest();
+    let top_hash = &m["TOP"]["/nix/store/".len()..][..32];
+    let h = "4q1c78ism9fv0myqldmih68c6yjmpi2d";
+    std::fs::write(
+        dir.path().join(format!("log/{h}-libfoo++-1.0.drv")),
+        "plus log",
+    )
+    .unwrap();
+    let doi = "sha256:1h9kn9hj1j745kchafr3vi3hdp04zfhfgbc5dcvhkx5hfh2njr54";
+    std::fs::create_dir_all(dir.path().join("realisations")).unwrap();
+    std::fs::write(dir.path().join(format!("realisations/{doi}!out.doi")), "{}").unwrap();
+    let trace_dir = dir.path().join(format!("build-trace-v2/{h}-g++-1.0.drv"));
+    std::fs::create_dir_all(&trace_dir).unwrap();
+    std::fs::write(trace_dir.join("out.doi"), "{\"trace\":1}").unwrap();
+    let server = Server::start(dir.path(), &[]);
+
+    // (as Nix 2.32+ sends it, as 2.8-2.31 and Lix send it)
+    let nar_url = std::fs::read_to_string(dir.path().join(format!("{top_hash}.narinfo")))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: ").map(str::to_string))
+        .unwrap();
+    let pairs = [
+        (
+            format!("/log/{h}-libfoo%2B%2B-1.0.drv"),
+            format!("/log/{h}-libfoo++-1.0.drv"),
+        ),
+        (
+            format!("/realisations/{doi}%21out.doi"),
+            format!("/realisations/{doi}!out.doi"),
+        ),
+        (
+            format!("/build-trace-v2/{h}-g%2B%2B-1.0.drv/out.doi"),
+            format!("/build-trace-v2/{h}-g++-1.0.drv/out.doi"),
+        ),
+        (
+            format!("/{top_hash}%2Enarinfo"),
+            format!("/{top_hash}.narinfo"),
+        ),
+        (
+            format!("/{}", nar_url.replace(".nar", "%2Enar")),
+            format!("/{nar_url}"),
+        ),
+        (
+            "/nix%2Dcache%2Dinfo".to_string(),
+            "/nix-cache-info".to_string(),
+        ),
+    ];
+    for (encoded, raw) in &pairs {
+        let a = server.get(encoded);
+        let b = server.get(raw);
+        assert_eq!(a.status, 200, "{encoded}: {}", a.text());
+        assert_eq!(
+            (a.status, &a.body),
+            (b.status, &b.body),
+            "{encoded} vs {raw}"
+        );
+        assert_eq!(a.header("ETag"), b.header("ETag"), "{encoded}");
+        let head = request(server.port, "HEAD", encoded, &[]);
+        assert_eq!(head.status, 200, "HEAD {encoded}");
+    }
+    // A query string is not part of the name, escaped or not.
+    let q = server.get(&format!("/log/{h}-libfoo%2B%2B-1.0.drv?x=%2F"));
+    assert_eq!(q.text(), "plus log");
+    // Escaped but absent: 404; escapes that hide a separator or a second layer: 400.
+    assert_eq!(server.get(&format!("/log/{h}-nope%2B.drv")).status, 404);
+    for bad in [
+        format!("/log/{h}-a%2Fb.drv"),
+        format!("/log/{h}-a%252B.drv"),
+        format!("/log/{h}-a%2.drv"),
+        "/build-trace-v2/%2E%2E/out.doi".to_string(),
+    ] {
+        assert_eq!(server.get(&bad).status, 400, "{bad}");
+    }
+}
+
+#[test]
+fn reads_never_need_credentials_and_etags_stay_put() {
+    let dir = copy_fixture("cache-xz");
+    let tokens = TempDir::new("tokens");
+    std::fs::write(tokens.path().join("t"), "secret-token\n").unwrap();
+    let key = fixtures().join("keys/test-key.sec");
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--upload-token-file",
+            tokens.path().join("t").to_str().unwrap(),
+            "--sign-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let m = manifest();
+    let top_hash = &m["TOP"]["/nix/store/".len()..][..32];
+    let drv = m["TOP_DRV"].trim_start_matches("/nix/store/");
+    let paths = [
+        "/nix-cache-info".to_string(),
+        format!("/{top_hash}.narinfo"),
+        format!("/log/{drv}"),
+        format!("/{}.narinfo", "0".repeat(32)),
+    ];
+    // Uploads on, wrong or no credentials: a read is never 401/403/407 (2.35 treats those as
+    // fatal), never 429, never carries Content-Encoding (2.8-2.30 fail on `identity`).
+    for path in &paths {
+        for auth in [None, Some("Basic d3Jvbmc6d3Jvbmc="), Some("Bearer wrong")] {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|a| ("Authorization", a)).into_iter().collect();
+            for method in ["GET", "HEAD"] {
+                let r = request(server.port, method, path, &headers);
+                assert!(
+                    matches!(r.status, 200 | 404),
+                    "{method} {path} {auth:?}: {}",
+                    r.status
+                );
+                assert_eq!(r.header("Content-Encoding"), None, "{method} {path}");
+                assert_eq!(r.header("WWW-Authenticate"), None, "{method} {path}");
+            }
+        }
+    }
+    // Lix aborts a resumed download whose ETag changed: an unchanged file keeps its ETag,
+    // including a narinfo signed on the fly, and across a restart.
+    let etags = |server: &Server| -> Vec<Option<String>> {
+        paths[..3]
+            .iter()
+            .map(|p| server.get(p).header("ETag").map(str::to_string))
+            .collect()
+    };
+    let first = etags(&server);
+    assert!(first.iter().all(Option::is_some), "{first:?}");
+    assert_eq!(etags(&server), first);
+    drop(server);
+    let again = Server::start(dir.path(), &["--sign-key", key.to_str().unwrap()]);
+    assert_eq!(etags(&again), first, "same ETags after a restart");
+}

@@ -1,5 +1,8 @@
-//! The real Nix client (Debian's nix-bin) against the running server. These tests never skip:
-//! without `nix` on PATH they fail and say what to install.
+//! The real Nix clients against the running server: Debian's nix-bin (Nix 2.8, `nix` on PATH)
+//! and Nix 2.35.2 (`/opt/nix-2.35/bin/nix`, from `../shared/nix-2.35`). Every test common to
+//! both runs once per client (`<test>::nix_2_8`, `<test>::nix_2_35`); the tests of what only
+//! newer clients do run with 2.35. They never skip: a missing client fails and says what to
+//! install (`make test` installs both).
 
 mod common;
 
@@ -12,30 +15,111 @@ use common::*;
 const CONF: &str = "experimental-features = nix-command\nsandbox = false\nbuild-users-group =\n\
 substituters =\nnarinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\n";
 
-/// A Nix client with its own config and its own narinfo cache (so no answer is remembered
-/// from another test).
+/// What Nix 2.35 needs on top of [`CONF`] to build without a daemon (see
+/// ../shared/nix-2.35/README.md), plus content-addressed derivations for the tests of them.
+const CONF_2_35: &str = "experimental-features = nix-command ca-derivations\n\
+filter-syscalls = false\nsandbox-paths = /bin /lib /lib64 /usr\n";
+
+/// The two client versions every common test runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// Debian's nix-bin: requests unescaped, uploads one path after another, plain metadata.
+    V2_8,
+    /// Percent-encoded paths, compressed metadata, parallel uploads, build-trace-v2, 401 fatal.
+    V2_35,
+}
+
+impl Client {
+    fn program(self, name: &str) -> PathBuf {
+        match self {
+            Client::V2_8 => PathBuf::from(name),
+            Client::V2_35 => Path::new("/opt/nix-2.35/bin").join(name),
+        }
+    }
+
+    fn want_version(self) -> &'static str {
+        match self {
+            Client::V2_8 => "2.8.",
+            Client::V2_35 => "2.35.",
+        }
+    }
+
+    fn install_hint(self) -> &'static str {
+        match self {
+            Client::V2_8 => "install Debian's nix-bin (`apt-get install -y nix-bin`, as root)",
+            Client::V2_35 => "run ../shared/nix-2.35/install.sh as root",
+        }
+    }
+}
+
+/// Runs `$body(client)` as two tests, `$name::nix_2_8` and `$name::nix_2_35`.
+macro_rules! both_clients {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn nix_2_8() {
+                super::$name(super::Client::V2_8)
+            }
+            #[test]
+            fn nix_2_35() {
+                super::$name(super::Client::V2_35)
+            }
+        }
+    )*};
+}
+
+both_clients!(
+    path_info_lists_the_closure_over_http,
+    copy_whole_closure_into_a_fresh_store_and_verify,
+    store_ls_and_cat_over_http,
+    build_log_over_http,
+    signed_cache_is_trusted_only_with_its_key,
+    path_copied_in_while_running_is_visible_within_a_second,
+    cache_mounted_under_a_prefix_in_another_application,
+    push_with_nix_copy_to_http_then_pull_with_our_signatures,
+    push_with_a_wrong_token_fails_and_changes_nothing,
+    two_concurrent_pushes_of_the_same_closure_both_succeed,
+);
+
+/// A Nix client with its own config, its own narinfo cache (so no answer is remembered
+/// from another test) and, for 2.35, its own store (2.8 uses the machine's /nix/store; the two
+/// versions' database schemas differ).
 struct Nix {
+    client: Client,
     home: TempDir,
 }
 
 impl Nix {
-    fn new() -> Nix {
-        let found = Command::new("nix").arg("--version").output();
+    fn new(client: Client) -> Nix {
+        let found = Command::new(client.program("nix"))
+            .arg("--version")
+            .output();
         match found {
-            Ok(out) if out.status.success() => {}
-            _ => panic!(
-                "the real Nix client is required: install Debian's nix-bin \
-                 (`apt-get install -y nix-bin`, as root) or run `make test`, which does"
+            Ok(out)
+                if out.status.success()
+                    && String::from_utf8_lossy(&out.stdout).contains(client.want_version()) => {}
+            other => panic!(
+                "the real Nix client {client:?} is required ({other:?}): {}, or run \
+                 `make test`, which does",
+                client.install_hint()
             ),
         }
         let home = TempDir::new("nix");
         std::fs::create_dir_all(home.path().join("conf")).unwrap();
-        std::fs::write(home.path().join("conf/nix.conf"), CONF).unwrap();
-        Nix { home }
+        let mut conf = CONF.to_string();
+        if client == Client::V2_35 {
+            conf.push_str(CONF_2_35);
+            conf.push_str(&format!(
+                "store = local?root={}\n",
+                home.path().join("root").display()
+            ));
+        }
+        std::fs::write(home.path().join("conf/nix.conf"), conf).unwrap();
+        Nix { client, home }
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("nix");
+        let mut cmd = Command::new(self.client.program("nix"));
         cmd.args(args)
             .env("NIX_CONF_DIR", self.home.path().join("conf"))
             .env("XDG_CACHE_HOME", self.home.path().join("cache"))
@@ -73,9 +157,8 @@ fn closure() -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn path_info_lists_the_closure_over_http() {
-    let nix = Nix::new();
+fn path_info_lists_the_closure_over_http(client: Client) {
+    let nix = Nix::new(client);
     let server = Server::start(&fixtures().join("cache-xz"), &[]);
     let top = &manifest()["TOP"];
     let out = nix.ok(&["path-info", "--store", &server.url(), "-r", top]);
@@ -86,9 +169,8 @@ fn path_info_lists_the_closure_over_http() {
     assert_eq!(got, want);
 }
 
-#[test]
-fn copy_whole_closure_into_a_fresh_store_and_verify() {
-    let nix = Nix::new();
+fn copy_whole_closure_into_a_fresh_store_and_verify(client: Client) {
+    let nix = Nix::new(client);
     for cache in ["cache-xz", "cache-zstd"] {
         let server = Server::start(&fixtures().join(cache), &[]);
         let m = manifest();
@@ -132,9 +214,8 @@ fn copy_whole_closure_into_a_fresh_store_and_verify() {
     }
 }
 
-#[test]
-fn store_ls_and_cat_over_http() {
-    let nix = Nix::new();
+fn store_ls_and_cat_over_http(client: Client) {
+    let nix = Nix::new(client);
     let m = manifest();
     for cache in ["cache-zstd", "cache-xz"] {
         let server = Server::start(&fixtures().join(cache), &[]);
@@ -156,9 +237,8 @@ fn store_ls_and_cat_over_http() {
     }
 }
 
-#[test]
-fn build_log_over_http() {
-    let nix = Nix::new();
+fn build_log_over_http(client: Client) {
+    let nix = Nix::new(client);
     let m = manifest();
     let server = Server::start(&fixtures().join("cache-xz"), &[]);
     let log = nix.ok(&["log", "--store", &server.url(), &m["TOP"]]);
@@ -168,9 +248,8 @@ fn build_log_over_http() {
     assert!(server.log().contains(&format!("GET /log/{drv} 200")));
 }
 
-#[test]
-fn signed_cache_is_trusted_only_with_its_key() {
-    let nix = Nix::new();
+fn signed_cache_is_trusted_only_with_its_key(client: Client) {
+    let nix = Nix::new(client);
     let m = manifest();
     let server = Server::start(&fixtures().join("cache-signed"), &[]);
     let good = format!("trusted-public-keys = {}", m["PUBLIC_KEY"]);
@@ -200,7 +279,12 @@ fn signed_cache_is_trusted_only_with_its_key() {
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("lacks a valid signature"), "{stderr}");
+    // 2.8: "lacks a valid signature"; 2.35: "lacks a signature by a trusted key".
+    assert!(
+        stderr.contains("lacks a valid signature")
+            || stderr.contains("lacks a signature by a trusted key"),
+        "{stderr}"
+    );
 }
 
 /// Adds a small file with unique content to the local store and returns its store path.
@@ -208,10 +292,12 @@ fn fresh_store_path(nix: &Nix, tag: &str) -> String {
     let file = nix.home.path().join(tag);
     let stamp = format!("{tag} {:?} {}", Instant::now(), std::process::id());
     std::fs::write(&file, stamp).unwrap();
-    let out = Command::new("nix-store")
+    let out = Command::new(nix.client.program("nix-store"))
         .arg("--add")
         .arg(&file)
         .env("NIX_CONF_DIR", nix.home.path().join("conf"))
+        .env("XDG_CACHE_HOME", nix.home.path().join("cache"))
+        .env("HOME", nix.home.path())
         .output()
         .expect("nix-store --add");
     assert!(
@@ -222,9 +308,8 @@ fn fresh_store_path(nix: &Nix, tag: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-#[test]
-fn path_copied_in_while_running_is_visible_within_a_second() {
-    let nix = Nix::new();
+fn path_copied_in_while_running_is_visible_within_a_second(client: Client) {
+    let nix = Nix::new(client);
     let dir = copy_fixture("cache-xz");
     let server = Server::start(dir.path(), &["--rescan-interval", "3600"]);
     let path = fresh_store_path(&nix, "pushed-live");
@@ -304,9 +389,8 @@ fn start_embed_example(root: &Path) -> Embedded {
     Embedded(child, port)
 }
 
-#[test]
-fn cache_mounted_under_a_prefix_in_another_application() {
-    let nix = Nix::new();
+fn cache_mounted_under_a_prefix_in_another_application(client: Client) {
+    let nix = Nix::new(client);
     let m = manifest();
     let app = start_embed_example(&fixtures().join("cache-zstd"));
     let hello = request(app.1, "GET", "/hello", &[]);
@@ -388,6 +472,11 @@ struct Writable {
 }
 
 fn writable_cache(nix: &Nix, token_in_netrc: &str) -> Writable {
+    writable_cache_with(nix, token_in_netrc, &[])
+}
+
+/// [`writable_cache`] with extra server flags.
+fn writable_cache_with(nix: &Nix, token_in_netrc: &str, extra: &[&str]) -> Writable {
     let dir = TempDir::new("writable");
     let secrets = nix.home.path().join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
@@ -399,15 +488,15 @@ fn writable_cache(nix: &Nix, token_in_netrc: &str) -> Writable {
     )
     .unwrap();
     let key = fixtures().join("keys/test-key.sec");
-    let server = Server::start(
-        dir.path(),
-        &[
-            "--upload-token-file",
-            secrets.join("tokens").to_str().unwrap(),
-            "--sign-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let mut args = vec![
+        "--upload-token-file".to_string(),
+        secrets.join("tokens").to_str().unwrap().to_string(),
+        "--sign-key".into(),
+        key.to_str().unwrap().to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(dir.path(), &args);
     Writable { dir, server, netrc }
 }
 
@@ -423,9 +512,8 @@ fn import_fixture_closure(nix: &Nix) {
     ]);
 }
 
-#[test]
-fn push_with_nix_copy_to_http_then_pull_with_our_signatures() {
-    let nix = Nix::new();
+fn push_with_nix_copy_to_http_then_pull_with_our_signatures(client: Client) {
+    let nix = Nix::new(client);
     let m = manifest();
     import_fixture_closure(&nix);
     let cache = writable_cache(&nix, "push-token");
@@ -481,9 +569,8 @@ fn push_with_nix_copy_to_http_then_pull_with_our_signatures() {
     );
 }
 
-#[test]
-fn push_with_a_wrong_token_fails_and_changes_nothing() {
-    let nix = Nix::new();
+fn push_with_a_wrong_token_fails_and_changes_nothing(client: Client) {
+    let nix = Nix::new(client);
     import_fixture_closure(&nix);
     let cache = writable_cache(&nix, "wrong-token");
     let before: Vec<_> = std::fs::read_dir(cache.dir.path())
@@ -512,9 +599,8 @@ fn push_with_a_wrong_token_fails_and_changes_nothing() {
     );
 }
 
-#[test]
-fn two_concurrent_pushes_of_the_same_closure_both_succeed() {
-    let nix = Nix::new();
+fn two_concurrent_pushes_of_the_same_closure_both_succeed(client: Client) {
+    let nix = Nix::new(client);
     let m = manifest();
     import_fixture_closure(&nix);
     let cache = writable_cache(&nix, "push-token");
@@ -567,4 +653,349 @@ fn two_concurrent_pushes_of_the_same_closure_both_succeed() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+// ---- What only newer clients do: Nix 2.35 (and, for cross-reading, 2.8 beside it) ----
+
+impl Nix {
+    /// `nix build` of a Nix expression into this client's own store; returns the output path.
+    fn build(&self, expr: &str) -> (String, String) {
+        let out = self.run(&[
+            "build",
+            "--impure",
+            "--no-link",
+            "--print-out-paths",
+            "--expr",
+            expr,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "nix build {expr}:\n{stderr}");
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(path.starts_with("/nix/store/"), "{path:?}\n{stderr}");
+        (path, stderr)
+    }
+
+    /// `nix copy --to URL PATH` with this cache's netrc.
+    fn push(&self, cache: &Writable, url_options: &str, path: &str) -> Output {
+        let url = format!("{}{url_options}", cache.server.url());
+        self.run(&[
+            "copy",
+            "--option",
+            "netrc-file",
+            cache.netrc.to_str().unwrap(),
+            "--to",
+            &url,
+            path,
+        ])
+    }
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A derivation built by `/bin/sh` that writes `script`'s output to `$out`.
+fn sh_derivation(name: &str, script: &str, extra: &str) -> String {
+    format!(
+        "derivation {{ name = \"{name}\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
+         args = [\"-c\" \"{script}\"]; {extra} }}"
+    )
+}
+
+/// The narinfo files of `dir`, which must all be plain text a Nix 2.8 client can parse.
+fn narinfos_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "narinfo"))
+        .collect()
+}
+
+#[test]
+fn nix_2_35_pushes_compressed_metadata_that_every_client_reads() {
+    let nix = Nix::new(Client::V2_35);
+    let old = Nix::new(Client::V2_8);
+    let m = manifest();
+    import_fixture_closure(&nix);
+    // (narinfo, listing, NAR) compressions: every Content-Encoding 2.35 sends for metadata
+    // (`none` included), and every NAR compression 2.8 can read too.
+    for (narinfo_c, ls_c, nar_c) in [
+        ("br", "xz", "zstd"),
+        ("xz", "gzip", "xz"),
+        ("zstd", "bzip2", "bzip2"),
+        ("gzip", "br", "none"),
+        ("bzip2", "none", "br"),
+    ] {
+        let cache = writable_cache(&nix, "push-token");
+        let options = format!(
+            "?compression={nar_c}&write-nar-listing=true&narinfo-compression={narinfo_c}\
+             &ls-compression={ls_c}"
+        );
+        assert_ok(&nix.push(&cache, &options, &m["TOP"]), &options);
+        let log = cache.server.log();
+        assert!(!log.contains(" 415 ") && !log.contains(" 400 "), "{log}");
+        for path in closure() {
+            let hash = &path["/nix/store/".len()..][..32];
+            let narinfo =
+                std::fs::read_to_string(cache.dir.path().join(format!("{hash}.narinfo"))).unwrap();
+            assert!(narinfo.starts_with("StorePath: "), "{options}: {narinfo:?}");
+            let ls = std::fs::read_to_string(cache.dir.path().join(format!("{hash}.ls"))).unwrap();
+            assert!(ls.starts_with('{'), "{options}: {ls:?}");
+        }
+        assert_eq!(narinfos_in(cache.dir.path()).len(), closure().len());
+        // Read back by both clients, trusting only our key.
+        for (reader, tag) in [(&nix, "2.35"), (&old, "2.8")] {
+            let store = reader.store(&format!("pulled-{narinfo_c}-{tag}"));
+            let out = copy_trusting(
+                reader,
+                &m["PUBLIC_KEY"],
+                &cache.server.url(),
+                store.to_str().unwrap(),
+                &m["TOP"],
+            );
+            assert_ok(
+                &out,
+                &format!("Nix {tag} reading a cache pushed with {options}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn nix_2_35_copy_log_with_compression_and_nix_log_of_a_plus_name() {
+    let nix = Nix::new(Client::V2_35);
+    let expr = sh_derivation("libfoo++-1.0", "echo building libfoo++; echo hi > $out", "");
+    let (path, _) = nix.build(&expr);
+    let cache = writable_cache(&nix, "push-token");
+    assert_ok(&nix.push(&cache, "", &path), "nix copy");
+    let drv = std::fs::read_dir(cache.dir.path())
+        .unwrap()
+        .find_map(|e| {
+            let text = std::fs::read_to_string(e.unwrap().path()).ok()?;
+            text.lines()
+                .find_map(|l| l.strip_prefix("Deriver: ").map(str::to_string))
+        })
+        .expect("a narinfo with a Deriver");
+    assert!(drv.ends_with("-libfoo++-1.0.drv"), "{drv}");
+    let stored = cache.dir.path().join("log").join(&drv);
+    for compression in ["zstd", "br", "xz", "gzip", "bzip2"] {
+        let _ = std::fs::remove_file(&stored);
+        let to = format!("{}?log-compression={compression}", cache.server.url());
+        let netrc = cache.netrc.to_str().unwrap();
+        let out = nix.run(&[
+            "store",
+            "copy-log",
+            "--option",
+            "netrc-file",
+            netrc,
+            "--to",
+            &to,
+            &path,
+        ]);
+        assert_ok(&out, &format!("copy-log with {compression}"));
+        let plain = std::fs::read_to_string(&stored).unwrap();
+        assert!(
+            plain.contains("building libfoo++"),
+            "{compression}: {plain:?}"
+        );
+    }
+    // 2.35 asks for `libfoo%2B%2B-1.0.drv`, 2.8 for `libfoo++-1.0.drv`: both get the log.
+    for reader in [Nix::new(Client::V2_35), Nix::new(Client::V2_8)] {
+        let log = reader.ok(&["log", "--store", &cache.server.url(), &path]);
+        assert!(
+            log.contains("building libfoo++"),
+            "{:?}: {log:?}",
+            reader.client
+        );
+    }
+    let server_log = cache.server.log();
+    let escaped = drv.replace('+', "%2B");
+    assert!(
+        server_log.contains(&format!("GET /log/{escaped} 200"))
+            && server_log.contains(&format!("GET /log/{drv} 200")),
+        "{server_log}"
+    );
+}
+
+#[test]
+fn nix_2_35_pushes_a_big_closure_through_few_upload_places_and_2_8_reads_it() {
+    let nix = Nix::new(Client::V2_35);
+    let leaves = 28;
+    let expr = format!(
+        "let leaf = i: {}; leaves = builtins.genList leaf {leaves}; in {}",
+        // 1 MB each, incompressible: uploads long enough to overlap.
+        sh_derivation(
+            "leaf-${toString i}",
+            "head -c 1000000 /dev/urandom > $out; echo leaf ${toString i} >> $out",
+            ""
+        ),
+        sh_derivation("many-top", "echo ${toString leaves} > $out", "")
+    );
+    let (top, _) = nix.build(&expr);
+    // 2.35 uploads in parallel (here as many paths at once as the machine has cores, at least
+    // 2): with a single place, the others must wait for it.
+    let cache = writable_cache_with(&nix, "push-token", &["--max-uploads", "1"]);
+    let started = Instant::now();
+    assert_ok(&nix.push(&cache, "?compression=none", &top), "nix copy");
+    let took = started.elapsed();
+    let log = cache.server.log();
+    assert_eq!(narinfos_in(cache.dir.path()).len(), leaves + 1, "{log}");
+    assert!(!log.contains(" 503 "), "no upload was refused:\n{log}");
+    assert!(
+        log.contains("for an upload place"),
+        "some uploads had to wait for a place (in {took:?}):\n{log}"
+    );
+    // Read by Nix 2.8 with require-sigs, trusting only our key.
+    let old = Nix::new(Client::V2_8);
+    let m = manifest();
+    let store = old.store("from-2.35");
+    let out = copy_trusting(
+        &old,
+        &m["PUBLIC_KEY"],
+        &cache.server.url(),
+        store.to_str().unwrap(),
+        &top,
+    );
+    assert_ok(&out, "Nix 2.8 reading what 2.35 pushed");
+    let refs = std::fs::read_to_string(Path::new(store.to_str().unwrap()).join(&top[1..])).unwrap();
+    assert_eq!(refs.split_whitespace().count(), leaves);
+    let other = "other-cache-1:djNPOTsoQVImLUkw3nZz543GoqomIBYynwySLJ6/yNo=";
+    let refused = old.store("refused");
+    let out = copy_trusting(
+        &old,
+        other,
+        &cache.server.url(),
+        refused.to_str().unwrap(),
+        &top,
+    );
+    assert!(!out.status.success(), "another key must not be trusted");
+}
+
+#[test]
+fn nix_2_8_pushes_and_nix_2_35_reads_trusting_only_our_key() {
+    let old = Nix::new(Client::V2_8);
+    let m = manifest();
+    import_fixture_closure(&old);
+    let cache = writable_cache(&old, "push-token");
+    assert_ok(&old.push(&cache, "", &m["TOP"]), "Nix 2.8 push");
+    let nix = Nix::new(Client::V2_35);
+    let store = nix.store("from-2.8");
+    let out = copy_trusting(
+        &nix,
+        &m["PUBLIC_KEY"],
+        &cache.server.url(),
+        store.to_str().unwrap(),
+        &m["TOP"],
+    );
+    assert_ok(&out, "Nix 2.35 reading what 2.8 pushed");
+    let out = verify_sigs(&nix, &cache.server.url(), &m["PUBLIC_KEY"], &m["TOP"]);
+    assert_ok(&out, "Nix 2.35 verifying our signatures");
+    let other = "other-cache-1:djNPOTsoQVImLUkw3nZz543GoqomIBYynwySLJ6/yNo=";
+    let refused = nix.store("refused");
+    let out = copy_trusting(
+        &nix,
+        other,
+        &cache.server.url(),
+        refused.to_str().unwrap(),
+        &m["TOP"],
+    );
+    assert!(!out.status.success(), "another key must not be trusted");
+}
+
+/// Builds `expr` in a fresh 2.35 store that substitutes only from `url`, trusting only our key;
+/// returns the build's stderr after checking it substituted instead of building.
+fn substitute_ca(url: &str, expr: &str, want: &str) -> String {
+    let reader = Nix::new(Client::V2_35);
+    let (path, stderr) = {
+        let out = reader.run(&[
+            "build",
+            "--impure",
+            "--no-link",
+            "--print-out-paths",
+            "--option",
+            "substituters",
+            url,
+            "--option",
+            "require-sigs",
+            "true",
+            "--option",
+            "trusted-public-keys",
+            &manifest()["PUBLIC_KEY"],
+            "--expr",
+            expr,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            stderr,
+        )
+    };
+    assert_eq!(path, want, "{stderr}");
+    assert!(
+        !stderr.contains("building '"),
+        "substituted, not built:\n{stderr}"
+    );
+    assert!(stderr.contains("copying path"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn nix_2_35_content_addressed_path_both_ways() {
+    let nix = Nix::new(Client::V2_35);
+    let expr = sh_derivation(
+        "ca-thing",
+        "echo building ca; echo ca-content > $out",
+        "__contentAddressed = true; outputHashMode = \"recursive\"; outputHashAlgo = \"sha256\";",
+    );
+    let (path, _) = nix.build(&expr);
+    let drv = nix.ok(&[
+        "eval",
+        "--impure",
+        "--raw",
+        "--expr",
+        &format!("({expr}).drvPath"),
+    ]);
+    let installable = format!("{drv}^out");
+
+    // Pushed over HTTP (PUT build-trace-v2/<drv>/out.doi), substituted over HTTP.
+    let cache = writable_cache(&nix, "push-token");
+    assert_ok(
+        &nix.push(&cache, "", &installable),
+        "nix copy of a CA output",
+    );
+    let drv_name = drv.trim_start_matches("/nix/store/");
+    let trace = cache
+        .dir
+        .path()
+        .join(format!("build-trace-v2/{drv_name}/out.doi"));
+    assert!(trace.exists(), "{}", cache.server.log());
+    substitute_ca(&cache.server.url(), &expr, &path);
+    assert!(
+        cache
+            .server
+            .log()
+            .contains(&format!("GET /build-trace-v2/{drv_name}/out.doi 200"))
+    );
+
+    // Written by `nix copy --to file://`, served read-only, substituted over HTTP.
+    let dir = TempDir::new("ca-file");
+    nix.ok(&[
+        "copy",
+        "--to",
+        &format!("file://{}", dir.path().display()),
+        &installable,
+    ]);
+    let key = fixtures().join("keys/test-key.sec");
+    let server = Server::start(dir.path(), &["--sign-key", key.to_str().unwrap()]);
+    substitute_ca(&server.url(), &expr, &path);
+    assert!(
+        server.log().contains("/build-trace-v2/"),
+        "{}",
+        server.log()
+    );
 }

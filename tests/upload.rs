@@ -28,12 +28,18 @@ fn bearer() -> String {
 
 /// PUT with a body on a fresh connection.
 fn put(port: u16, path: &str, body: &[u8], auth: Option<&str>) -> Reply {
+    let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+    put_with(port, path, body, &headers)
+}
+
+/// PUT with a body and extra headers on a fresh connection.
+fn put_with(port: u16, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
     let mut raw = format!(
         "PUT {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
-    if let Some(a) = auth {
-        raw.push_str(&format!("Authorization: {a}\r\n"));
+    for (name, value) in headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
     }
     raw.push_str("\r\n");
     let mut bytes = raw.into_bytes();
@@ -132,12 +138,28 @@ fn narinfo_is_checked_and_served_at_once() {
         "served on the next request"
     );
     // Overwrite (as `nix store sign` does) with a valid narinfo.
-    let resigned = format!("{original}Sig: someone-1:c2lnbmF0dXJl\n");
+    let sig = "someone-1:".to_string() + &"A".repeat(86) + "==";
+    let resigned = format!("{original}Sig: {sig}\n");
     assert_eq!(
         put(server.port, &path, resigned.as_bytes(), Some(&bearer())).status,
         200
     );
     assert_eq!(server.get(&path).text(), resigned);
+
+    // What Nix 2.34/2.35 would refuse is refused here too, so every client can read the cache.
+    for (bad, says) in [
+        (format!("{original}Sig: someone-1:c2lnbmF0dXJl\n"), "Sig"),
+        (format!("{original}Sig: no-colon\n"), "Sig"),
+        (
+            original.replace("Compression: xz", "Compression: fancy"),
+            "Compression",
+        ),
+    ] {
+        let r = put(server.port, &path, bad.as_bytes(), Some(&bearer()));
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(r.text().contains(says), "{}", r.text());
+    }
+    assert_eq!(server.get(&path).text(), resigned, "unchanged by refusals");
 }
 
 #[test]
@@ -159,9 +181,21 @@ fn limits_size_and_concurrency() {
     write!(slow, "PUT {slow_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n", bearer(), small.len()).unwrap();
     slow.write_all(&small[..100]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let r = put(server.port, &slow_path, &small, Some(&bearer()));
-    assert_eq!(r.status, 503);
-    assert_eq!(r.header("Retry-After"), Some("1"));
+    // A second upload waits for the place instead of getting 503 (Lix never retries a PUT).
+    let other = vec![2u8; 32 << 10];
+    let other_path = format!("/nar/{}.nar", nix32_sha256(&other));
+    let port = server.port;
+    let (queued_path, queued_body) = (other_path.clone(), other.clone());
+    let queued = std::thread::spawn(move || put(port, &queued_path, &queued_body, Some(&bearer())));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !queued.is_finished(),
+        "the second upload waits for the place"
+    );
+    assert!(
+        !dir.path().join(&other_path[1..]).exists(),
+        "and is not stored before the first is done"
+    );
     // Downloads are not held up meanwhile.
     assert_eq!(server.get("/nix-cache-info").status, 200);
     slow.write_all(&small[100..]).unwrap();
@@ -174,6 +208,214 @@ fn limits_size_and_concurrency() {
         std::fs::read(dir.path().join(&slow_path[1..])).unwrap(),
         small
     );
+    let r = queued.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        std::fs::read(dir.path().join(&other_path[1..])).unwrap(),
+        other
+    );
+    assert!(!server.log().contains(" 503 "), "{}", server.log());
+}
+
+/// `plain` compressed the way a Nix client compresses a metadata upload.
+fn compress(encoding: &str, plain: &[u8]) -> Vec<u8> {
+    match encoding {
+        "br" => {
+            let mut out = Vec::new();
+            let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+            w.write_all(plain).unwrap();
+            drop(w);
+            out
+        }
+        "xz" => {
+            let mut w = lzma_rust2::XzWriter::new(Vec::new(), Default::default()).unwrap();
+            w.write_all(plain).unwrap();
+            w.finish().unwrap()
+        }
+        "zstd" => {
+            ruzstd::encoding::compress_to_vec(plain, ruzstd::encoding::CompressionLevel::Fastest)
+        }
+        "gzip" => {
+            let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            w.write_all(plain).unwrap();
+            w.finish().unwrap()
+        }
+        "bzip2" => {
+            let mut w = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+            w.write_all(plain).unwrap();
+            w.finish().unwrap()
+        }
+        _ => plain.to_vec(),
+    }
+}
+
+#[test]
+fn compressed_metadata_is_stored_plain() {
+    let (dir, _s, server) = upload_server("cache-xz", &["--rescan-interval", "3600"]);
+    let m = manifest();
+    let hash = &m["TOP"]["/nix/store/".len()..][..32];
+    let narinfo_file = dir.path().join(format!("{hash}.narinfo"));
+    let narinfo = std::fs::read_to_string(&narinfo_file).unwrap();
+    let drv = m["TOP_DRV"].trim_start_matches("/nix/store/").to_string();
+    let auth = bearer();
+    for encoding in ["br", "xz", "zstd", "gzip", "bzip2", "none", "identity"] {
+        std::fs::remove_file(&narinfo_file).unwrap();
+        let listing = format!(
+            "{{\"version\":1,\"root\":{{\"type\":\"regular\",\"size\":{}}}}}",
+            encoding.len()
+        );
+        let log = format!("build log compressed with {encoding}\n").repeat(50);
+        for (path, plain, file) in [
+            (
+                format!("/{hash}.narinfo"),
+                narinfo.clone(),
+                format!("{hash}.narinfo"),
+            ),
+            (format!("/{hash}.ls"), listing, format!("{hash}.ls")),
+            (format!("/log/{drv}"), log, format!("log/{drv}")),
+        ] {
+            let body = compress(encoding, plain.as_bytes());
+            let headers = [
+                ("Authorization", auth.as_str()),
+                ("Content-Encoding", encoding),
+            ];
+            let r = put_with(server.port, &path, &body, &headers);
+            assert_eq!(r.status, 200, "{encoding} {path}: {}", r.text());
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join(&file)).unwrap(),
+                plain,
+                "{encoding} {path}: stored as plain bytes"
+            );
+            let served = server.get(&path);
+            assert_eq!(served.text(), plain, "{encoding} {path}");
+            assert_eq!(served.header("Content-Encoding"), None, "{encoding} {path}");
+        }
+    }
+}
+
+#[test]
+fn compressed_uploads_that_are_bombs_or_garbage_leave_nothing() {
+    let (dir, _s, server) = upload_server(
+        "cache-xz",
+        &["--rescan-interval", "3600", "--max-upload-size", "1M"],
+    );
+    let m = manifest();
+    let hash = &m["TOP"]["/nix/store/".len()..][..32];
+    let drv = m["TOP_DRV"].trim_start_matches("/nix/store/").to_string();
+    std::fs::remove_file(dir.path().join(format!("{hash}.narinfo"))).unwrap();
+    std::fs::remove_file(dir.path().join("log").join(&drv)).unwrap();
+    let before = listing(dir.path());
+    let auth = bearer();
+    let zeros = vec![b'0'; 2 << 20];
+    for encoding in ["br", "xz", "zstd", "gzip", "bzip2"] {
+        let bomb = compress(encoding, &zeros);
+        assert!(bomb.len() < 64 << 10, "{encoding}: {} bytes", bomb.len());
+        let mut garbage = compress(encoding, b"StorePath: /nix/store/x\n".repeat(20).as_slice());
+        let mid = garbage.len() / 2;
+        garbage[mid..].iter_mut().for_each(|b| *b ^= 0x5a);
+        for path in [
+            format!("/{hash}.narinfo"),
+            format!("/log/{drv}"),
+            format!("/{hash}.ls"),
+        ] {
+            let headers = [
+                ("Authorization", auth.as_str()),
+                ("Content-Encoding", encoding),
+            ];
+            let r = put_with(server.port, &path, &bomb, &headers);
+            assert_eq!(r.status, 413, "{encoding} bomb {path}: {}", r.text());
+            let r = put_with(server.port, &path, &garbage, &headers);
+            assert_eq!(r.status, 400, "{encoding} garbage {path}: {}", r.text());
+            assert!(r.text().contains(encoding), "{}", r.text());
+        }
+    }
+    assert_eq!(
+        listing(dir.path()),
+        before,
+        "nothing kept, no temporary left"
+    );
+
+    // A NAR's compression is its narinfo's business: never decoded, never stored re-encoded.
+    let nar = b"nar bytes".to_vec();
+    let nar_path = format!("/nar/{}.nar", nix32_sha256(&nar));
+    for encoding in ["gzip", "zstd"] {
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Encoding", encoding),
+        ];
+        let r = put_with(server.port, &nar_path, &compress(encoding, &nar), &headers);
+        assert_eq!(r.status, 415, "{}", r.text());
+    }
+    // An encoding nobody decodes here.
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Encoding", "lz4"),
+    ];
+    let r = put_with(server.port, &format!("/log/{drv}"), b"x", &headers);
+    assert_eq!(r.status, 415, "{}", r.text());
+    assert_eq!(listing(dir.path()), before);
+}
+
+#[test]
+fn percent_encoded_uploads_and_build_traces() {
+    let (dir, _s, server) = upload_server("cache-xz", &[]);
+    let hash = "4q1c78ism9fv0myqldmih68c6yjmpi2d";
+    let auth = bearer();
+    // Nix 2.32+ escapes `+` and `!`; older clients send them raw: both land on one file.
+    let log = b"log of libfoo++\n";
+    let r = put(
+        server.port,
+        &format!("/log/{hash}-libfoo%2B%2B-1.0.drv"),
+        log,
+        Some(&auth),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let file = dir.path().join(format!("log/{hash}-libfoo++-1.0.drv"));
+    assert_eq!(std::fs::read(&file).unwrap(), log);
+    assert_eq!(
+        server.get(&format!("/log/{hash}-libfoo++-1.0.drv")).body,
+        log
+    );
+
+    let doi = "sha256:1h9kn9hj1j745kchafr3vi3hdp04zfhfgbc5dcvhkx5hfh2njr54";
+    let r = put(
+        server.port,
+        &format!("/realisations/{doi}%21out.doi"),
+        b"{}",
+        Some(&auth),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        dir.path()
+            .join(format!("realisations/{doi}!out.doi"))
+            .exists()
+    );
+
+    // build-trace-v2 (2.35): one directory per derivation, one file per output.
+    let trace = b"{\"outPath\":\"x\"}";
+    let path = format!("/build-trace-v2/{hash}-g%2B%2B-1.0.drv/out.doi");
+    let r = put(server.port, &path, trace, Some(&auth));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let stored = dir
+        .path()
+        .join(format!("build-trace-v2/{hash}-g++-1.0.drv/out.doi"));
+    assert_eq!(std::fs::read(&stored).unwrap(), trace);
+    let got = server.get(&path);
+    assert_eq!((got.status, got.body.as_slice()), (200, &trace[..]));
+    assert_eq!(got.header("Content-Type"), Some("application/json"));
+
+    // Escapes cannot smuggle a path out: refused, nothing written.
+    let before = listing(dir.path());
+    for bad in [
+        "/log/..%2F..%2Fescape",
+        "/build-trace-v2/%2e%2e/out.doi",
+        &format!("/log/{hash}-x%252Fy.drv"),
+        &format!("/build-trace-v2/{hash}-x.drv%2Fout.doi"),
+    ] {
+        let r = put(server.port, bad, b"x", Some(&auth));
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    assert_eq!(listing(dir.path()), before);
 }
 
 #[test]
@@ -209,10 +451,19 @@ fn client_gone_mid_upload_leaves_nothing_visible() {
 
 #[test]
 fn killed_mid_upload_then_restarted_cleans_temporaries() {
-    let (dir, secrets, mut server) = upload_server("cache-xz", &[]);
-    let before = listing(dir.path());
     let body = vec![5u8; 1 << 20];
-    let path = format!("/nar/{}.nar", nix32_sha256(&body));
+    killed_mid_upload(&format!("/nar/{}.nar", nix32_sha256(&body)), &body, |_| {});
+    // build-trace-v2/ uploads write in a directory per derivation: cleaned too.
+    let drv = "4q1c78ism9fv0myqldmih68c6yjmpi2d-x.drv";
+    killed_mid_upload(&format!("/build-trace-v2/{drv}/out.doi"), &body, |root| {
+        std::fs::create_dir_all(root.join("build-trace-v2").join(drv)).unwrap()
+    });
+}
+
+fn killed_mid_upload(path: &str, body: &[u8], prepare: impl Fn(&std::path::Path)) {
+    let (dir, secrets, mut server) = upload_server("cache-xz", &[]);
+    prepare(dir.path());
+    let before = listing(dir.path());
     let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     write!(
         s,
@@ -341,8 +592,13 @@ fn a_stored_path_only_gains_signatures() {
     // The same narinfo again is fine, and so are added signatures, which are merged.
     let r = put(server.port, &path, original.as_bytes(), Some(&bearer()));
     assert_eq!(r.status, 200, "{}", r.text());
-    let one = format!("{original}Sig: one-1:b25l\n");
-    let two = format!("{original}Sig: two-1:dHdv\n");
+    // Well-formed signatures (64 bytes in base64): newer Nix refuses other shapes.
+    let one = format!(
+        "{original}Sig: one-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==\n"
+    );
+    let two = format!(
+        "{original}Sig: two-1:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA==\n"
+    );
     for body in [&one, &two] {
         assert_eq!(
             put(server.port, &path, body.as_bytes(), Some(&bearer())).status,
@@ -351,7 +607,9 @@ fn a_stored_path_only_gains_signatures() {
     }
     assert_eq!(
         server.get(&path).text(),
-        format!("{original}Sig: one-1:b25l\nSig: two-1:dHdv\n")
+        format!(
+            "{original}Sig: one-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==\nSig: two-1:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA==\n"
+        )
     );
     assert!(server.log().contains("refused: "), "{}", server.log());
 }
@@ -598,5 +856,44 @@ fn uploads_on_a_read_only_directory_fail_at_start() {
         stderr.contains("uploads are enabled but /proc is not writable")
             && stderr.contains("ReadWritePaths=/proc"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn an_upload_waits_for_a_place_longer_than_the_stall_timeout() {
+    // Waiting for a place is not a stall: the body is left unread on purpose.
+    let (dir, _s, server) =
+        upload_server("cache-xz", &["--max-uploads", "1", "--stall-timeout", "1"]);
+    let holder = vec![4u8; 32 << 10];
+    let holder_path = format!("/nar/{}.nar", nix32_sha256(&holder));
+    let mut slow = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(slow, "PUT {holder_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n", bearer(), holder.len()).unwrap();
+    slow.write_all(&holder[..1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let queued_body = vec![6u8; 32 << 10];
+    let queued_path = format!("/nar/{}.nar", nix32_sha256(&queued_body));
+    let port = server.port;
+    let (p, b) = (queued_path.clone(), queued_body.clone());
+    let queued = std::thread::spawn(move || put(port, &p, &b, Some(&bearer())));
+    // The holder trickles its body (progress, so it is not cut off) for three stall timeouts.
+    let mut sent = 1000;
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(250));
+        slow.write_all(&holder[sent..sent + 100]).unwrap();
+        sent += 100;
+    }
+    assert!(!queued.is_finished(), "still waiting for the place");
+    slow.write_all(&holder[sent..]).unwrap();
+    let mut answer = String::new();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let r = queued.join().unwrap();
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), server.log());
+    assert_eq!(
+        std::fs::read(dir.path().join(&queued_path[1..])).unwrap(),
+        queued_body
     );
 }

@@ -1,4 +1,4 @@
-//! Fuzzes the request path router: whatever it accepts must be safe to join to the cache root.
+//! Fuzzes the request path decoder and router: whatever it accepts must be safe to join to the cache root.
 
 #![no_main]
 
@@ -6,7 +6,7 @@ use std::path::{Component, Path};
 
 use libfuzzer_sys::fuzz_target;
 use nix_binary_cache::nix32;
-use nix_binary_cache::route::{Route, route};
+use nix_binary_cache::route::{Route, decode, route};
 
 /// The checks every relative path handed to the file system must pass.
 fn assert_contained(rel: &str, input: &str) {
@@ -44,9 +44,14 @@ fn assert_contained(rel: &str, input: &str) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(path) = std::str::from_utf8(data) else {
+    let Ok(raw) = std::str::from_utf8(data) else {
         return;
     };
+    // As the server does: one layer of percent-decoding, then the strict checks.
+    let Ok(decoded) = decode(raw) else {
+        return;
+    };
+    let path: &str = &decoded;
     match route(path) {
         Ok(Route::CacheInfo) => assert_eq!(path, "/nix-cache-info"),
         Ok(Route::NarInfo(hash)) => {
