@@ -17,6 +17,13 @@ pub type OnDone = Box<dyn FnOnce(io::Result<u64>) + Send>;
 /// Largest `sendfile` in one call.
 const SENDFILE_CHUNK: usize = 1 << 20;
 
+/// Response bytes after which a client counts as one that reads: the cap on unsent bytes set
+/// at accept (`TCP_NOTSENT_LOWAT`, which keeps a client that reads nothing from pinning
+/// megabytes of kernel memory) is lifted for it. Kept, the cap costs a large download two to
+/// three times the CPU (a wake-up per 256 KiB); a client that reads nothing never gets this
+/// far, since the cap and its receive window hold everything it has not read.
+const LIFT_LOWAT_AFTER: u64 = 4 << 20;
+
 /// A response being written.
 pub struct Output {
     bytes: Vec<u8>,
@@ -24,6 +31,8 @@ pub struct Output {
     /// A file range that follows `bytes`: file, next offset, bytes left.
     file: Option<(File, u64, u64)>,
     written: u64,
+    /// The unsent-bytes cap was lifted for this connection.
+    lowat_lifted: bool,
     pub keep_alive: bool,
     on_done: Option<OnDone>,
     /// The engine's count of responses in progress, released when this one completes.
@@ -44,6 +53,7 @@ impl Output {
             sent: 0,
             file: None,
             written: 0,
+            lowat_lifted: false,
             keep_alive,
             on_done: None,
             in_flight: Some(in_flight),
@@ -120,6 +130,10 @@ impl Output {
                 Ok(n) => {
                     *left -= n as u64;
                     self.written += n as u64;
+                    if !self.lowat_lifted && self.written >= LIFT_LOWAT_AFTER {
+                        self.lowat_lifted = true;
+                        let _ = sys::set_notsent_lowat(socket, u32::MAX);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Progress::Blocked),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
