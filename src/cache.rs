@@ -25,6 +25,7 @@ use crate::route::{FileKind, Route, RouteError, route};
 use crate::send;
 use crate::signing::SigningKey;
 use crate::upload::{Stored, Target};
+use crate::watch::WatchMode;
 
 /// How to open a cache directory.
 #[derive(Debug, Clone)]
@@ -33,8 +34,11 @@ pub struct Config {
     pub root: PathBuf,
     /// Overrides `Priority:` in `nix-cache-info`.
     pub priority: Option<u32>,
-    /// How often the index is rebuilt from disk; zero turns background rescans off.
-    pub rescan_interval: Duration,
+    /// How often the index is rebuilt from disk; zero turns background rescans off. `None`:
+    /// every hour under inotify (a safety net), every minute in poll mode.
+    pub rescan_interval: Option<Duration>,
+    /// How the index learns about changes on disk.
+    pub watch: WatchMode,
     /// Accept PUT uploads from holders of these tokens; `None` keeps the cache read-only.
     pub uploads: Option<UploadConfig>,
     /// Keys every served narinfo is signed with (in addition to the signatures it has).
@@ -46,7 +50,8 @@ impl Config {
         Config {
             root: root.into(),
             priority: None,
-            rescan_interval: Duration::from_secs(60),
+            rescan_interval: None,
+            watch: WatchMode::Auto,
             uploads: None,
             sign_keys: Vec::new(),
         }
@@ -88,7 +93,11 @@ struct Shared {
     canonical_root: PathBuf,
     priority: Option<u32>,
     info: RwLock<Arc<CacheInfo>>,
-    index: Index,
+    index: Arc<Index>,
+    /// The watch mode in use (`Auto` resolved).
+    watch: std::sync::OnceLock<WatchMode>,
+    /// Reloads `nix-cache-info`; called by the index's threads.
+    hook: crate::watch::Hook,
     uploads: Option<UploadConfig>,
     active_uploads: AtomicUsize,
     /// `trusted-public-keys` entries of the signing keys, for the landing page.
@@ -130,34 +139,51 @@ impl Cache {
             atomic::clean_stale(&config.root.join(dir));
         }
         let info = CacheInfo::load(&config.root, config.priority)?;
-        let index = Index::new(&config.root, &info.store_dir, config.sign_keys.clone());
-        let shared = Arc::new(Shared {
-            root: config.root.clone(),
-            canonical_root,
-            priority: config.priority,
-            info: RwLock::new(Arc::new(info)),
-            index,
-            uploads: config.uploads.clone(),
-            active_uploads: AtomicUsize::new(0),
-            public_keys: config
-                .sign_keys
-                .iter()
-                .map(SigningKey::public_key)
-                .collect(),
-            metrics: Metrics::default(),
+        let index = Arc::new(Index::new(
+            &config.root,
+            &info.store_dir,
+            config.sign_keys.clone(),
+        ));
+        let weak_index = Arc::downgrade(&index);
+        let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
+            // The index's threads reload nix-cache-info through this; it never keeps the cache
+            // alive.
+            let weak = weak.clone();
+            let hook: crate::watch::Hook = Arc::new(move || match weak.upgrade() {
+                Some(shared) => {
+                    shared.reload_info();
+                    true
+                }
+                None => false,
+            });
+            Shared {
+                root: config.root.clone(),
+                canonical_root,
+                priority: config.priority,
+                info: RwLock::new(Arc::new(info)),
+                index,
+                watch: std::sync::OnceLock::new(),
+                uploads: config.uploads.clone(),
+                active_uploads: AtomicUsize::new(0),
+                public_keys: config
+                    .sign_keys
+                    .iter()
+                    .map(SigningKey::public_key)
+                    .collect(),
+                metrics: Metrics::default(),
+                hook,
+            }
         });
-        let stats = shared.index.rescan()?;
-        crate::index::give_back_free_memory();
-        log::info!(
-            "indexed {} narinfo files in {} ({} skipped) in {:.3}s",
-            stats.entries,
-            config.root.display(),
-            stats.skipped,
-            stats.duration.as_secs_f64()
-        );
-        if !config.rescan_interval.is_zero() {
-            start_rescans(Arc::downgrade(&shared), config.rescan_interval);
-        }
+        // Serving starts now; the first scan runs in the background and lookups fall through
+        // to the disk until it is done (see `watch.rs`).
+        let index = weak_index.upgrade().expect("the cache holds its index");
+        let mode = crate::watch::resolve(config.watch, &config.root);
+        let interval = config.rescan_interval.unwrap_or(match mode {
+            WatchMode::Poll => crate::watch::POLL_RESCAN,
+            _ => crate::watch::INOTIFY_RESCAN,
+        });
+        let mode = crate::watch::start(&index, mode, interval, shared.hook.clone());
+        let _ = shared.watch.set(mode);
         Ok(Cache { shared })
     }
 
@@ -193,9 +219,26 @@ impl Cache {
         self.shared.index.last_scan()
     }
 
-    /// Rebuilds the index now (the background thread does this on its own).
+    /// Rebuilds the index now (the background threads do this on their own).
     pub fn rescan(&self) -> io::Result<ScanStats> {
-        self.shared.rescan()
+        self.shared.reload_info();
+        self.shared.index.rescan(None)
+    }
+
+    /// True once the first scan of the directory has ended. Until then every narinfo request
+    /// looks at the disk, so answers are right but cost more.
+    pub fn is_indexed(&self) -> bool {
+        self.shared.index.first_scan_done()
+    }
+
+    /// Blocks until the first scan has ended (for readiness notifications).
+    pub fn wait_until_indexed(&self) {
+        self.shared.index.wait_first_scan()
+    }
+
+    /// The watch mode in use: `Inotify` or `Poll` (`Auto` resolved).
+    pub fn watch_mode(&self) -> WatchMode {
+        self.shared.watch.get().copied().unwrap_or(WatchMode::Poll)
     }
 
     /// Answers one request, `path` being relative to where the cache is mounted (`/nar/…`).
@@ -275,11 +318,20 @@ impl Cache {
     /// `GET /metrics`: Prometheus text format.
     pub fn metrics_text(&self) -> String {
         let scan = self.last_scan();
+        let index = &self.shared.index;
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         self.shared.metrics.render(Gauges {
             index_entries: self.len(),
             nar_bytes: self.total_nar_bytes(),
             last_scan_seconds: scan.duration.as_secs_f64(),
             last_scan_unix: scan.finished_unix,
+            index_complete: index.first_scan_done(),
+            index_watched: index.is_watched(),
+            watch_inotify: self.watch_mode() == WatchMode::Inotify,
+            watch_events: count(&index.counters.watch_events),
+            watch_overflows: count(&index.counters.overflows),
+            watch_losses: count(&index.counters.watch_losses),
+            rescans: count(&index.counters.rescans),
         })
     }
 
@@ -483,7 +535,8 @@ impl Shared {
         self.info.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn rescan(&self) -> io::Result<ScanStats> {
+    /// Reads `nix-cache-info` again (before every rescan, and when inotify reports a change).
+    fn reload_info(&self) {
         match CacheInfo::load(&self.root, self.priority) {
             Ok(info) => *self.info.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(info),
             Err(e) => log::warn!(
@@ -491,66 +544,6 @@ impl Shared {
                 self.root.display()
             ),
         }
-        self.index.rescan()
-    }
-}
-
-/// The background rescan: ends when the cache is dropped.
-fn start_rescans(shared: Weak<Shared>, interval: Duration) {
-    let spawned = std::thread::Builder::new()
-        .name("rescan".into())
-        .spawn(move || {
-            // Background rescans must never make a request wait: they run on one thread at
-            // low priority (the first scan, at startup, still uses every core).
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .thread_name(|_| "rescan-worker".into())
-                .start_handler(|_| lower_thread_priority())
-                .build();
-            let pool = match pool {
-                Ok(pool) => pool,
-                Err(e) => {
-                    log::error!("could not start the rescan thread: {e}");
-                    return;
-                }
-            };
-            loop {
-                std::thread::sleep(interval);
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                match pool.install(|| shared.rescan()) {
-                    Ok(s) => log::debug!(
-                        "rescan: {} entries ({} unchanged, {} skipped) in {:.3}s",
-                        s.entries,
-                        s.reused,
-                        s.skipped,
-                        s.duration.as_secs_f64()
-                    ),
-                    Err(e) => log::error!("rescan of {} failed: {e}", shared.root.display()),
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!(
-            "could not start the rescan thread: {e}; the index is refreshed per request only"
-        );
-    }
-}
-
-/// Gives the calling thread the lowest scheduling priority (nice 19): it gets the CPU only
-/// when request threads leave some. Linux applies `setpriority` to a thread id as a thread's own.
-fn lower_thread_priority() {
-    // SAFETY: plain syscalls on the calling thread's own id.
-    let ok = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
-    };
-    if ok != 0 {
-        log::debug!(
-            "could not lower the rescan thread's priority: {}",
-            io::Error::last_os_error()
-        );
     }
 }
 

@@ -1,17 +1,19 @@
 //! The in-memory narinfo index: every `<hash>.narinfo` of the cache, ready to serve.
 //!
-//! The disk stays the truth. A hit is checked against the file's version with one `lstat` (at
-//! most once per [`REVALIDATE_AFTER`]), so a narinfo rewritten or removed on disk is noticed
-//! within a second; a miss tries the file once, so a path copied in a moment ago is served at
-//! once. Rescans (see [`Index::rescan`]) only keep the map complete for listings, gc and
-//! metrics; they build a new map off to the side, reusing every entry whose file did not
-//! change, and swap it in.
+//! The disk stays the truth; how the index keeps up with it depends on the watch mode (see
+//! `watch.rs`). While an inotify watch reports every change ([`Index::is_watched`]), a lookup
+//! is a look in memory and nothing else: a miss costs no system call and a hit needs no check.
+//! Otherwise (poll mode, before the first scan has finished, after a queue overflow until the
+//! rescan it causes) lookups fall through to the disk: a hit is checked with one `lstat` at
+//! most once per [`REVALIDATE_AFTER`], a miss looks for the file, so nothing is ever a wrong
+//! 404. Rescans ([`Index::rescan`]) build a new map off to the side, reusing every entry whose
+//! file did not change, and swap it in.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -41,10 +43,11 @@ pub struct Entry {
     checked_ms: AtomicU64,
 }
 
-/// How long a narinfo found unchanged on disk is served without looking again. An `lstat` per
-/// hit was 9% of the server's CPU under load; a rewritten or removed file is now noticed within
-/// this time instead of at once (clients and proxies may keep a narinfo 60 s anyway). Uploads
-/// through this server refresh their entry immediately.
+/// When lookups fall through to the disk (poll mode): how long a narinfo found unchanged is
+/// served without looking again. An `lstat` per hit was 9% of the server's CPU under load; a
+/// rewritten or removed file is noticed within this time instead of at once (clients and
+/// proxies may keep a narinfo 60 s anyway). Uploads through this server refresh their entry
+/// immediately.
 pub const REVALIDATE_AFTER: Duration = Duration::from_secs(1);
 
 /// Milliseconds since the first call: a cheap, monotonic clock for [`Entry::checked_ms`].
@@ -127,6 +130,37 @@ pub struct Index {
     /// Malformed files already warned about, so that each is reported once per version.
     broken: Mutex<HashMap<Key, Version>>,
     last_scan: Mutex<ScanStats>,
+    /// True while a watch reports every change of the directory and the map holds all of it:
+    /// a lookup then answers from memory alone, a miss included. False before the first scan
+    /// has finished, after a queue overflow until the rescan it causes, while the directory is
+    /// not watched, and always in poll mode: lookups then fall through to the disk.
+    watched: AtomicBool,
+    /// Bumped whenever the map stops being trustworthy; a rescan started before grants nothing.
+    trust_epoch: Mutex<u64>,
+    /// Held by every "read the file, then change the map" (fall-through lookups, watch events,
+    /// uploads, the swap of a rescan), so that an older read never overwrites a newer one.
+    /// While a rescan reads the directory it also collects the keys changed meanwhile: the
+    /// rescan reads them again after its swap.
+    writes: Mutex<Option<Vec<Key>>>,
+    /// One rescan at a time.
+    scanning: Mutex<()>,
+    /// Set once the first scan has ended (successfully or not), for readiness.
+    first_scan: (Mutex<bool>, Condvar),
+    pub counters: Counters,
+}
+
+/// What the watcher and the rescans did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// narinfo changes reported by inotify and applied.
+    pub watch_events: AtomicU64,
+    /// Times the kernel's event queue overflowed (each one causes a full rescan).
+    pub overflows: AtomicU64,
+    /// Full scans of the directory finished (the first one included).
+    pub rescans: AtomicU64,
+    /// Times the directory could not be watched or stopped being watched (replaced, removed,
+    /// watch limit reached).
+    pub watch_losses: AtomicU64,
 }
 
 /// Why one file could not be indexed.
@@ -146,7 +180,17 @@ impl Index {
             map: RwLock::new(Map::new()),
             broken: Mutex::new(HashMap::new()),
             last_scan: Mutex::new(ScanStats::default()),
+            watched: AtomicBool::new(false),
+            trust_epoch: Mutex::new(0),
+            writes: Mutex::new(None),
+            scanning: Mutex::new(()),
+            first_scan: (Mutex::new(false), Condvar::new()),
+            counters: Counters::default(),
         }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     pub fn len(&self) -> usize {
@@ -154,7 +198,30 @@ impl Index {
     }
 
     pub fn last_scan(&self) -> ScanStats {
-        *self.last_scan.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.last_scan)
+    }
+
+    /// True once the first scan has ended: the map holds every narinfo (unless it failed,
+    /// which the log says; lookups fall through to the disk then).
+    pub fn first_scan_done(&self) -> bool {
+        *lock(&self.first_scan.0)
+    }
+
+    /// Blocks until the first scan has ended.
+    pub fn wait_first_scan(&self) {
+        let mut done = lock(&self.first_scan.0);
+        while !*done {
+            done = self
+                .first_scan
+                .1
+                .wait(done)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// True while misses are answered from memory (see [`Index::watched`]'s field).
+    pub fn is_watched(&self) -> bool {
+        self.watched.load(Ordering::Acquire)
     }
 
     /// Sum of `FileSize` over all entries (bytes of NAR files the cache serves).
@@ -174,45 +241,76 @@ impl Index {
         self.root.join(format!("{hash}.narinfo"))
     }
 
-    /// The narinfo for a 32-character store hash, checked against the disk unless it was
-    /// checked less than [`REVALIDATE_AFTER`] ago.
+    /// The narinfo for a 32-character store hash. While the directory is watched this is a
+    /// look in memory and nothing else; otherwise the disk decides (see [`Index::watched`]).
     pub fn get(&self, hash: &str) -> io::Result<Lookup> {
-        self.lookup(hash, false)
-    }
-
-    /// Like [`Index::get`], but always reads the disk: after this server stored the file.
-    pub fn refresh(&self, hash: &str) -> io::Result<Lookup> {
-        self.lookup(hash, true)
-    }
-
-    fn lookup(&self, hash: &str, force: bool) -> io::Result<Lookup> {
         let Some(key) = nix32::store_hash_key(hash) else {
             return Ok(Lookup::Missing);
         };
         let cached = self.read_map().get(&key).map(|s| s.0.clone());
-        let now = clock_ms();
-        if let Some(entry) = &cached
-            && !force
-            && now.saturating_sub(entry.checked_ms.load(Ordering::Relaxed))
-                < REVALIDATE_AFTER.as_millis() as u64
-        {
-            return Ok(Lookup::Found(entry.clone()));
+        if self.is_watched() {
+            return Ok(cached.map_or(Lookup::Missing, Lookup::Found));
         }
+        self.get_from_disk(key, hash, cached)
+    }
+
+    /// Reads the file again and updates the map: after this server stored it.
+    pub fn refresh(&self, hash: &str) -> io::Result<Lookup> {
+        let Some(key) = nix32::store_hash_key(hash) else {
+            return Ok(Lookup::Missing);
+        };
+        self.reload(key, hash, true)
+    }
+
+    /// A change inotify reported for `<hash>.narinfo`. `warn` is false for a file just
+    /// created, which its writer may not have filled yet (its close is reported too).
+    pub fn apply_event(&self, hash: &str, warn: bool) {
+        let Some(key) = nix32::store_hash_key(hash) else {
+            return;
+        };
+        self.counters.watch_events.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.reload(key, hash, warn) {
+            log::warn!("{}: {e}; not served", self.path_of(hash).display());
+        }
+    }
+
+    /// A lookup while misses cannot be trusted: a hit is checked against the file's version
+    /// with one `lstat` (at most once per [`REVALIDATE_AFTER`]); a miss looks for the file, so
+    /// that a path copied in a moment ago is served at once. Only a change takes the lock.
+    fn get_from_disk(
+        &self,
+        key: Key,
+        hash: &str,
+        cached: Option<Arc<Entry>>,
+    ) -> io::Result<Lookup> {
+        let now = clock_ms();
         let path = self.path_of(hash);
-        if let Some(entry) = cached {
-            match files::version(&path)? {
+        match cached {
+            Some(entry)
+                if now.saturating_sub(entry.checked_ms.load(Ordering::Relaxed))
+                    < REVALIDATE_AFTER.as_millis() as u64 =>
+            {
+                Ok(Lookup::Found(entry))
+            }
+            Some(entry) => match files::version(&path)? {
                 Some(v) if v == entry.version => {
                     entry.checked_ms.store(now, Ordering::Relaxed);
-                    return Ok(Lookup::Found(entry));
+                    Ok(Lookup::Found(entry))
                 }
-                Some(_) => {} // Rewritten on disk: load it again below.
-                None => {
-                    self.write_map().remove(&key);
-                    return Ok(Lookup::Missing);
-                }
-            }
+                _ => self.reload(key, hash, true),
+            },
+            None => match files::version(&path)? {
+                None => Ok(Lookup::Missing),
+                Some(_) => self.reload(key, hash, true),
+            },
         }
-        match self.load(key, hash, &path) {
+    }
+
+    /// Reads `<hash>.narinfo` and puts what it says into the map, under the write lock.
+    fn reload(&self, key: Key, hash: &str, warn: bool) -> io::Result<Lookup> {
+        let mut writes = lock(&self.writes);
+        let path = self.path_of(hash);
+        let result = match self.load(key, hash, &path) {
             Ok(entry) => {
                 self.write_map().replace(Slot(entry.clone()));
                 Ok(Lookup::Found(entry))
@@ -221,12 +319,27 @@ impl Index {
                 self.write_map().remove(&key);
                 Ok(Lookup::Missing)
             }
-            Err(LoadError::Malformed(why, _)) => {
+            Err(LoadError::Malformed(why, version)) => {
                 self.write_map().remove(&key);
-                log::warn!("{}: skipped, malformed narinfo: {why}", path.display());
+                if warn {
+                    self.warn_malformed(key, version, &path, &why);
+                }
                 Ok(Lookup::Missing)
             }
-            Err(LoadError::Io(e)) => Err(e),
+            Err(LoadError::Io(e)) => {
+                self.write_map().remove(&key);
+                Err(e)
+            }
+        };
+        if let Some(changed) = writes.as_mut() {
+            changed.push(key);
+        }
+        result
+    }
+
+    fn warn_malformed(&self, key: Key, version: Version, path: &Path, why: &str) {
+        if lock(&self.broken).insert(key, version) != Some(version) {
+            log::warn!("{}: skipped, malformed narinfo: {why}", path.display());
         }
     }
 
@@ -296,39 +409,116 @@ impl Index {
         }))
     }
 
+    /// Makes lookups fall through to the disk until a rescan started after this call ends;
+    /// returns the epoch to hand to that rescan ([`Index::trust_after`]).
+    pub fn distrust(&self) -> u64 {
+        let mut epoch = lock(&self.trust_epoch);
+        *epoch += 1;
+        self.watched.store(false, Ordering::Release);
+        *epoch
+    }
+
+    /// Called when a rescan that began at `epoch` has swapped its map in: unless the directory
+    /// stopped being trustworthy meanwhile, misses are answered from memory from now on.
+    pub fn trust_after(&self, epoch: u64) {
+        let current = lock(&self.trust_epoch);
+        if *current == epoch {
+            self.watched.store(true, Ordering::Release);
+        }
+    }
+
     /// Builds a fresh map from the directory and swaps it in. Unchanged files are not read
-    /// again; requests keep being answered from the old map meanwhile.
+    /// again (one `lstat` each); requests keep being answered meanwhile. `pool` runs the reads
+    /// (rayon's global pool, all cores, when `None`).
+    ///
+    /// Memory: names are read and files loaded a chunk at a time into the new map, so that the
+    /// only large temporary is the new map's table (the entries are shared with the old one).
     // A `Slot` hashes only its entry's key, which never changes; the cells inside an entry
     // (signature cache, last check) do not take part in hashing or equality.
     #[allow(clippy::mutable_key_type)]
-    pub fn rescan(&self) -> io::Result<ScanStats> {
+    pub fn rescan(&self, pool: Option<&rayon::ThreadPool>) -> io::Result<ScanStats> {
+        let _one_at_a_time = lock(&self.scanning);
         let start = Instant::now();
-        let names = self.list_narinfo_hashes()?;
-        let results: Vec<(Option<Arc<Entry>>, bool)> = names
-            .par_iter()
-            .filter_map(|hash| self.scan_one(hash))
-            .collect();
-
-        let mut map = Map::with_capacity(results.len());
-        let mut stats = ScanStats::default();
-        for (entry, reused) in results {
-            match entry {
-                Some(e) => {
-                    map.replace(Slot(e));
-                    stats.reused += reused as usize;
+        *lock(&self.writes) = Some(Vec::new());
+        let built = self.scan_directory(pool);
+        let mut writes = lock(&self.writes);
+        let changed = writes.take().unwrap_or_default();
+        let (mut map, mut stats) = built?;
+        // Files changed while the directory was read: what the scan saw may be older than
+        // what an event or a lookup already put into the old map.
+        for key in changed {
+            let hash = nix32::encode(&key);
+            match self.load(key, &hash, &self.path_of(&hash)) {
+                Ok(entry) => {
+                    map.replace(Slot(entry));
                 }
-                None => stats.skipped += 1,
+                Err(_) => {
+                    map.remove(&key);
+                }
             }
         }
         stats.entries = map.len();
         let old = std::mem::replace(&mut *self.write_map(), map);
-        drop(old); // Freed outside the lock.
+        drop(writes);
+        drop(old); // Freed outside the locks.
         stats.duration = start.elapsed();
         stats.finished_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        *self.last_scan.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        *lock(&self.last_scan) = stats;
+        self.counters.rescans.fetch_add(1, Ordering::Relaxed);
         Ok(stats)
+    }
+
+    /// Marks the first scan as ended, for [`Index::wait_first_scan`].
+    pub fn first_scan_ended(&self) {
+        *lock(&self.first_scan.0) = true;
+        self.first_scan.1.notify_all();
+    }
+
+    /// Reads the directory into a new map, [`SCAN_CHUNK`] names at a time.
+    #[allow(clippy::mutable_key_type)]
+    fn scan_directory(&self, pool: Option<&rayon::ThreadPool>) -> io::Result<(Map, ScanStats)> {
+        let mut map = Map::with_capacity(self.len());
+        let mut stats = ScanStats::default();
+        let mut names = std::fs::read_dir(&self.root)?;
+        let mut chunk: Vec<[u8; 32]> = Vec::with_capacity(SCAN_CHUNK);
+        loop {
+            chunk.clear();
+            for entry in names.by_ref() {
+                let entry = entry?;
+                let name = entry.file_name();
+                if let Some(hash) = narinfo_hash(name.as_encoded_bytes()) {
+                    chunk.push(*hash);
+                    if chunk.len() == SCAN_CHUNK {
+                        break;
+                    }
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            let read = || -> Vec<Option<(Option<Arc<Entry>>, bool)>> {
+                chunk
+                    .par_iter()
+                    .map(|hash| self.scan_one(std::str::from_utf8(hash).unwrap_or_default()))
+                    .collect()
+            };
+            let results = match pool {
+                Some(pool) => pool.install(read),
+                None => read(),
+            };
+            for (entry, reused) in results.into_iter().flatten() {
+                match entry {
+                    Some(e) => {
+                        map.replace(Slot(e));
+                        stats.reused += reused as usize;
+                    }
+                    None => stats.skipped += 1,
+                }
+            }
+        }
+        Ok((map, stats))
     }
 
     /// One file of a scan: `(entry or None if skipped, reused?)`; `None` if it vanished.
@@ -356,10 +546,7 @@ impl Index {
             Ok(entry) => Some((Some(entry), false)),
             Err(LoadError::Absent) => None,
             Err(LoadError::Malformed(why, version)) => {
-                let mut broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
-                if broken.insert(key, version) != Some(version) {
-                    log::warn!("{}: skipped, malformed narinfo: {why}", path.display());
-                }
+                self.warn_malformed(key, version, &path, &why);
                 Some((None, false))
             }
             Err(LoadError::Io(e)) => {
@@ -368,21 +555,23 @@ impl Index {
             }
         }
     }
+}
 
-    /// Hash parts of all `<hash>.narinfo` names in the root (Nix's temporaries are not matched).
-    fn list_narinfo_hashes(&self) -> io::Result<Vec<String>> {
-        let mut hashes = Vec::new();
-        for entry in std::fs::read_dir(&self.root)? {
-            let name = entry?.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(hash) = name.strip_suffix(".narinfo")
-                && nix32::is_store_hash(hash)
-            {
-                hashes.push(hash.to_string());
-            }
-        }
-        Ok(hashes)
-    }
+/// Names read from the directory per batch of a scan: enough to keep every core busy, small
+/// enough that a scan's temporaries stay far below the index's own size.
+const SCAN_CHUNK: usize = 4096;
+
+/// The store hash of a `<hash>.narinfo` file name (Nix's temporaries do not match).
+pub fn narinfo_hash(name: &[u8]) -> Option<&[u8; 32]> {
+    let hash = name.strip_suffix(b".narinfo")?;
+    let hash: &[u8; 32] = hash.try_into().ok()?;
+    nix32::is_nix32(hash).then_some(hash)
+}
+
+/// Locks a mutex, going on after a panic elsewhere (the data stays consistent: every writer
+/// finishes its change before anything can panic).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// FNV-1a, 64 bits: a stable, cheap fingerprint for entity tags.

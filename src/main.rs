@@ -142,6 +142,7 @@ fn serve(options: cli::Options) -> Result<(), String> {
     let mut config = Config::new(&options.root);
     config.priority = options.priority;
     config.rescan_interval = options.rescan_interval;
+    config.watch = options.watch;
     config.sign_keys = load_keys(&options.sign_keys)?;
     config.uploads = upload_config(&options)?;
     let cache = Cache::open(config).map_err(|e| e.to_string())?;
@@ -161,8 +162,7 @@ fn serve(options: cli::Options) -> Result<(), String> {
         server::start_ops_listener(listener, cache.clone()).map_err(|e| e.to_string())?;
         log::info!("/metrics and /health on http://{addr}");
     }
-    let entries = cache.len();
-    let mount = Mount::new("/", cache);
+    let mount = Mount::new("/", cache.clone());
     let mut running = Vec::new();
     for listener in listeners.sockets {
         let server = server::start(listener, mount.clone(), pool.clone());
@@ -175,7 +175,26 @@ fn serve(options: cli::Options) -> Result<(), String> {
         running.push(server);
     }
 
-    notify(&format!("READY=1\nSTATUS=serving {entries} narinfos"));
+    // Requests are answered from now on (from the disk while the first scan runs); systemd
+    // hears "ready" once the index is complete.
+    let indexed = cache.clone();
+    let readiness = std::thread::Builder::new()
+        .name("readiness".into())
+        .spawn(move || {
+            indexed.wait_until_indexed();
+            notify(&format!(
+                "READY=1\nSTATUS=serving {} narinfos ({})",
+                indexed.len(),
+                match indexed.watch_mode() {
+                    nix_binary_cache::WatchMode::Poll => "polling the disk",
+                    _ => "watching with inotify",
+                }
+            ));
+        });
+    if let Err(e) = readiness {
+        log::warn!("could not start the readiness thread ({e}); telling systemd now");
+        notify("READY=1");
+    }
     let signal = wait_for_stop_signal(&signals);
     notify("STOPPING=1");
     log::info!("received signal {signal}, finishing in-flight requests");
