@@ -135,9 +135,6 @@ impl Cache {
             ));
         }
         let canonical_root = std::fs::canonicalize(&config.root)?;
-        for dir in ["", "nar", "log", "realisations", "debuginfo"] {
-            atomic::clean_stale(&config.root.join(dir));
-        }
         let info = CacheInfo::load(&config.root, config.priority)?;
         let index = Arc::new(Index::new(
             &config.root,
@@ -182,7 +179,15 @@ impl Cache {
             WatchMode::Poll => crate::watch::POLL_RESCAN,
             _ => crate::watch::INOTIFY_RESCAN,
         });
-        let mode = crate::watch::start(&index, mode, interval, shared.hook.clone());
+        // Listing a million names takes a while: the clean-up runs before the first scan, in
+        // the background (it only removes temporaries of processes that are gone).
+        let root = config.root.clone();
+        let prepare = Box::new(move || {
+            for dir in ["", "nar", "log", "realisations", "debuginfo"] {
+                atomic::clean_stale(&root.join(dir));
+            }
+        });
+        let mode = crate::watch::start(&index, mode, interval, shared.hook.clone(), prepare);
         let _ = shared.watch.set(mode);
         Ok(Cache { shared })
     }
@@ -463,10 +468,7 @@ impl Cache {
                     .header("Content-Type", "text/x-nix-narinfo")
                     .header("Cache-Control", max_age::SHORT)
                     .header("ETag", format!("\"{:016x}\"", served.etag))
-                    .header(
-                        "Last-Modified",
-                        httpdate::fmt_http_date(entry.version.mtime),
-                    ))
+                    .header("Last-Modified", httpdate::fmt_http_date(entry.mtime())))
             }
             Ok(Lookup::Missing) => Ok(not_found()),
             Err(e) if is_denied(&e) => Ok(denied(hash, &e)),

@@ -14,7 +14,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rayon::prelude::*;
 
@@ -26,21 +26,58 @@ use crate::signing::{self, SigningKey};
 /// Key of the map: the 20 bytes behind a 32-character store hash.
 type Key = [u8; 20];
 
-/// One narinfo file, as read from disk.
+/// One `<hash>.narinfo` known to be in the directory. Its contents are read on first use, or
+/// by the background read that follows a scan: a scan itself only lists names, so that every
+/// path is known (and every miss can be answered from memory) within a second or so even at a
+/// million narinfos. An entry is never changed once read: a change on disk replaces it.
 #[derive(Debug)]
 pub struct Entry {
     /// The store hash the entry is filed under.
     key: Key,
-    /// The file's bytes.
+    /// The file as read; `None` if it could not be served when it was read (gone,
+    /// malformed, unreadable: the log says which).
+    content: OnceLock<Option<Content>>,
+}
+
+/// A narinfo file's bytes and what the server needs to know about them.
+#[derive(Debug)]
+struct Content {
     raw: Arc<[u8]>,
     /// Version of the file the bytes were read from.
-    pub version: Version,
+    version: Version,
     /// Size of the NAR file (`FileSize`), for totals on the landing page and in metrics.
-    pub file_size: u64,
+    file_size: u64,
     /// What clients get: the bytes plus our signatures, made on first use and kept.
     served: OnceLock<Served>,
     /// When the file was last found unchanged on disk ([`clock_ms`]).
     checked_ms: AtomicU64,
+}
+
+impl Entry {
+    fn unread(key: Key) -> Entry {
+        Entry {
+            key,
+            content: OnceLock::new(),
+        }
+    }
+
+    fn read(key: Key, content: Content) -> Entry {
+        Entry {
+            key,
+            content: OnceLock::from(Some(content)),
+        }
+    }
+
+    /// The contents, if they have been read and can be served.
+    fn loaded(&self) -> Option<&Content> {
+        self.content.get().and_then(Option::as_ref)
+    }
+
+    /// When the file was last modified (for `Last-Modified`).
+    pub fn mtime(&self) -> SystemTime {
+        self.loaded()
+            .map_or(SystemTime::UNIX_EPOCH, |c| c.version.mtime)
+    }
 }
 
 /// When lookups fall through to the disk (poll mode): how long a narinfo found unchanged is
@@ -50,7 +87,7 @@ pub struct Entry {
 /// immediately.
 pub const REVALIDATE_AFTER: Duration = Duration::from_secs(1);
 
-/// Milliseconds since the first call: a cheap, monotonic clock for [`Entry::checked_ms`].
+/// Milliseconds since the first call: a cheap, monotonic clock for `Content::checked_ms`.
 fn clock_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
@@ -83,7 +120,28 @@ impl PartialEq for Slot {
 
 impl Eq for Slot {}
 
-type Map = HashSet<Slot>;
+/// The keys are the 20 bytes of a hash already: their first 8 bytes are as good a hash as
+/// SipHash would make of them, for a fraction of the cost (SipHash was 3% of a scan). Only
+/// files in the directory are inserted, so a client cannot choose colliding keys.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 20]` hashes as its length (a usize, through `write_usize`) then its bytes.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+    fn write_usize(&mut self, _len: usize) {}
+}
+
+type Map = HashSet<Slot, std::hash::BuildHasherDefault<KeyHasher>>;
 
 /// The bytes sent for a narinfo and their entity tag.
 #[derive(Debug, Clone)]
@@ -144,6 +202,9 @@ pub struct Index {
     writes: Mutex<Option<Vec<Key>>>,
     /// One rescan at a time.
     scanning: Mutex<()>,
+    /// Entries the last scan found but nobody has read yet, in directory order (reading them
+    /// in that order keeps the filesystem's lookups local): for [`Index::read_all`].
+    to_read: Mutex<Vec<Arc<Entry>>>,
     /// Set once the first scan has ended (successfully or not), for readiness.
     first_scan: (Mutex<bool>, Condvar),
     pub counters: Counters,
@@ -177,13 +238,14 @@ impl Index {
             root: root.to_path_buf(),
             store_dir: store_dir.to_string(),
             sign_keys,
-            map: RwLock::new(Map::new()),
+            map: RwLock::new(Map::default()),
             broken: Mutex::new(HashMap::new()),
             last_scan: Mutex::new(ScanStats::default()),
             watched: AtomicBool::new(false),
             trust_epoch: Mutex::new(0),
             writes: Mutex::new(None),
             scanning: Mutex::new(()),
+            to_read: Mutex::new(Vec::new()),
             first_scan: (Mutex::new(false), Condvar::new()),
             counters: Counters::default(),
         }
@@ -224,9 +286,13 @@ impl Index {
         self.watched.load(Ordering::Acquire)
     }
 
-    /// Sum of `FileSize` over all entries (bytes of NAR files the cache serves).
+    /// Sum of `FileSize` over all entries read so far (bytes of NAR files the cache serves).
     pub fn total_file_size(&self) -> u64 {
-        self.read_map().iter().map(|s| s.0.file_size).sum()
+        self.read_map()
+            .iter()
+            .filter_map(|s| s.0.loaded())
+            .map(|c| c.file_size)
+            .sum()
     }
 
     fn read_map(&self) -> std::sync::RwLockReadGuard<'_, Map> {
@@ -242,14 +308,18 @@ impl Index {
     }
 
     /// The narinfo for a 32-character store hash. While the directory is watched this is a
-    /// look in memory and nothing else; otherwise the disk decides (see [`Index::watched`]).
+    /// look in memory and nothing else (plus one read of the file the first time, unless the
+    /// background read got to it first); otherwise the disk decides (see `watched`).
     pub fn get(&self, hash: &str) -> io::Result<Lookup> {
         let Some(key) = nix32::store_hash_key(hash) else {
             return Ok(Lookup::Missing);
         };
         let cached = self.read_map().get(&key).map(|s| s.0.clone());
         if self.is_watched() {
-            return Ok(cached.map_or(Lookup::Missing, Lookup::Found));
+            return Ok(match cached {
+                Some(entry) if self.content(&entry).is_some() => Lookup::Found(entry),
+                _ => Lookup::Missing,
+            });
         }
         self.get_from_disk(key, hash, cached)
     }
@@ -274,6 +344,17 @@ impl Index {
         }
     }
 
+    /// The entry's contents, read now if nobody has yet.
+    fn content<'a>(&self, entry: &'a Entry) -> Option<&'a Content> {
+        entry
+            .content
+            .get_or_init(|| {
+                let hash = nix32::encode(&entry.key);
+                self.read_content(entry.key, &hash, &self.path_of(&hash), true)
+            })
+            .as_ref()
+    }
+
     /// A lookup while misses cannot be trusted: a hit is checked against the file's version
     /// with one `lstat` (at most once per [`REVALIDATE_AFTER`]); a miss looks for the file, so
     /// that a path copied in a moment ago is served at once. Only a change takes the lock.
@@ -285,24 +366,29 @@ impl Index {
     ) -> io::Result<Lookup> {
         let now = clock_ms();
         let path = self.path_of(hash);
-        match cached {
-            Some(entry)
-                if now.saturating_sub(entry.checked_ms.load(Ordering::Relaxed))
-                    < REVALIDATE_AFTER.as_millis() as u64 =>
-            {
-                Ok(Lookup::Found(entry))
-            }
-            Some(entry) => match files::version(&path)? {
-                Some(v) if v == entry.version => {
-                    entry.checked_ms.store(now, Ordering::Relaxed);
-                    Ok(Lookup::Found(entry))
-                }
-                _ => self.reload(key, hash, true),
-            },
-            None => match files::version(&path)? {
+        let Some(entry) = cached else {
+            return match files::version(&path)? {
                 None => Ok(Lookup::Missing),
                 Some(_) => self.reload(key, hash, true),
-            },
+            };
+        };
+        let fresh = entry.content.get().is_none();
+        let Some(content) = self.content(&entry) else {
+            // Unreadable when it was read: look again.
+            return self.reload(key, hash, true);
+        };
+        if fresh
+            || now.saturating_sub(content.checked_ms.load(Ordering::Relaxed))
+                < REVALIDATE_AFTER.as_millis() as u64
+        {
+            return Ok(Lookup::Found(entry));
+        }
+        match files::version(&path)? {
+            Some(v) if v == content.version => {
+                content.checked_ms.store(now, Ordering::Relaxed);
+                Ok(Lookup::Found(entry))
+            }
+            _ => self.reload(key, hash, true),
         }
     }
 
@@ -311,7 +397,8 @@ impl Index {
         let mut writes = lock(&self.writes);
         let path = self.path_of(hash);
         let result = match self.load(key, hash, &path) {
-            Ok(entry) => {
+            Ok(content) => {
+                let entry = Arc::new(Entry::read(key, content));
                 self.write_map().replace(Slot(entry.clone()));
                 Ok(Lookup::Found(entry))
             }
@@ -337,15 +424,37 @@ impl Index {
         result
     }
 
+    /// [`Index::load`] for an entry read lazily: problems are logged, not returned.
+    fn read_content(&self, key: Key, hash: &str, path: &Path, warn: bool) -> Option<Content> {
+        match self.load(key, hash, path) {
+            Ok(content) => Some(content),
+            Err(LoadError::Absent) => None,
+            Err(LoadError::Malformed(why, version)) => {
+                if warn {
+                    self.warn_malformed(key, version, path, &why);
+                }
+                None
+            }
+            Err(LoadError::Io(e)) => {
+                log::warn!("{}: skipped: {e}", path.display());
+                None
+            }
+        }
+    }
+
     fn warn_malformed(&self, key: Key, version: Version, path: &Path, why: &str) {
         if lock(&self.broken).insert(key, version) != Some(version) {
             log::warn!("{}: skipped, malformed narinfo: {why}", path.display());
         }
     }
 
-    /// The bytes to send for `entry`: signed with our keys the first time, then kept.
+    /// The bytes to send for `entry` (found by [`Index::get`]): signed with our keys the first
+    /// time, then kept.
     pub fn served(&self, entry: &Entry) -> Served {
-        entry.served.get_or_init(|| self.sign(&entry.raw)).clone()
+        match entry.loaded() {
+            Some(c) => c.served.get_or_init(|| self.sign(&c.raw)).clone(),
+            None => Served::of(Arc::from(&b""[..])), // Never: `get` only returns read entries.
+        }
     }
 
     fn sign(&self, raw: &Arc<[u8]>) -> Served {
@@ -369,8 +478,8 @@ impl Index {
         }
     }
 
-    /// Reads and checks one narinfo file.
-    fn load(&self, key: Key, hash: &str, path: &Path) -> Result<Arc<Entry>, LoadError> {
+    /// Reads and checks one narinfo file: `openat`, `statx`, one `read`, `close`.
+    fn load(&self, _key: Key, hash: &str, path: &Path) -> Result<Content, LoadError> {
         let (mut file, meta) = files::open_regular(path)
             .map_err(LoadError::Io)?
             .ok_or(LoadError::Absent)?;
@@ -399,14 +508,13 @@ impl Index {
             // Nothing to add: serve the file's bytes, no second copy.
             let _ = served.set(Served::of(raw.clone()));
         }
-        Ok(Arc::new(Entry {
-            key,
+        Ok(Content {
             raw,
             version,
             file_size,
             served,
             checked_ms: AtomicU64::new(clock_ms()),
-        }))
+        })
     }
 
     /// Makes lookups fall through to the disk until a rescan started after this call ends;
@@ -427,14 +535,13 @@ impl Index {
         }
     }
 
-    /// Builds a fresh map from the directory and swaps it in. Unchanged files are not read
-    /// again (one `lstat` each); requests keep being answered meanwhile. `pool` runs the reads
-    /// (rayon's global pool, all cores, when `None`).
-    ///
-    /// Memory: names are read and files loaded a chunk at a time into the new map, so that the
-    /// only large temporary is the new map's table (the entries are shared with the old one).
+    /// Lists the directory into a fresh map and swaps it in: one `getdents` per few hundred
+    /// names and no file read. An entry already held is kept if its file did not change (one
+    /// `lstat` each, in parallel on `pool`, rayon's global pool when `None`); new and changed
+    /// files are read later ([`Index::read_all`]) or on first use. Requests keep being
+    /// answered meanwhile.
     // A `Slot` hashes only its entry's key, which never changes; the cells inside an entry
-    // (signature cache, last check) do not take part in hashing or equality.
+    // (contents read later, last check) do not take part in hashing or equality.
     #[allow(clippy::mutable_key_type)]
     pub fn rescan(&self, pool: Option<&rayon::ThreadPool>) -> io::Result<ScanStats> {
         let _one_at_a_time = lock(&self.scanning);
@@ -444,13 +551,13 @@ impl Index {
         let mut writes = lock(&self.writes);
         let changed = writes.take().unwrap_or_default();
         let (mut map, mut stats) = built?;
-        // Files changed while the directory was read: what the scan saw may be older than
+        // Files changed while the directory was listed: what the scan saw may be older than
         // what an event or a lookup already put into the old map.
         for key in changed {
             let hash = nix32::encode(&key);
             match self.load(key, &hash, &self.path_of(&hash)) {
-                Ok(entry) => {
-                    map.replace(Slot(entry));
+                Ok(content) => {
+                    map.replace(Slot(Arc::new(Entry::read(key, content))));
                 }
                 Err(_) => {
                     map.remove(&key);
@@ -476,84 +583,119 @@ impl Index {
         self.first_scan.1.notify_all();
     }
 
-    /// Reads the directory into a new map, [`SCAN_CHUNK`] names at a time.
+    /// Lists the directory into a new map, [`SCAN_CHUNK`] names at a time.
     #[allow(clippy::mutable_key_type)]
     fn scan_directory(&self, pool: Option<&rayon::ThreadPool>) -> io::Result<(Map, ScanStats)> {
-        let mut map = Map::with_capacity(self.len());
+        let mut map = Map::with_capacity_and_hasher(self.len(), Default::default());
         let mut stats = ScanStats::default();
         let mut names = std::fs::read_dir(&self.root)?;
-        let mut chunk: Vec<[u8; 32]> = Vec::with_capacity(SCAN_CHUNK);
+        let mut known = Vec::with_capacity(SCAN_CHUNK);
+        let mut to_read = Vec::new();
         loop {
-            chunk.clear();
+            known.clear();
+            let mut listed = 0;
             for entry in names.by_ref() {
                 let entry = entry?;
                 let name = entry.file_name();
-                if let Some(hash) = narinfo_hash(name.as_encoded_bytes()) {
-                    chunk.push(*hash);
-                    if chunk.len() == SCAN_CHUNK {
-                        break;
+                let Some(key) = narinfo_hash(name.as_encoded_bytes())
+                    .and_then(|h| nix32::store_hash_key(std::str::from_utf8(h).ok()?))
+                else {
+                    continue;
+                };
+                listed += 1;
+                match self.read_map().get(&key) {
+                    // Read before: kept if the file is unchanged (checked below).
+                    Some(old) if old.0.content.get().is_some() => known.push(old.0.clone()),
+                    // Never read: nothing to compare, it is read when needed.
+                    Some(old) => {
+                        to_read.push(old.0.clone());
+                        map.replace(Slot(old.0.clone()));
+                        stats.reused += 1;
+                    }
+                    None => {
+                        let entry = Arc::new(Entry::unread(key));
+                        to_read.push(entry.clone());
+                        map.replace(Slot(entry));
                     }
                 }
+                if listed == SCAN_CHUNK {
+                    break;
+                }
             }
-            if chunk.is_empty() {
+            if listed == 0 {
                 break;
             }
-            let read = || -> Vec<Option<(Option<Arc<Entry>>, bool)>> {
-                chunk
+            let check = || -> Vec<Arc<Entry>> {
+                known
                     .par_iter()
-                    .map(|hash| self.scan_one(std::str::from_utf8(hash).unwrap_or_default()))
+                    .map(|old| {
+                        self.unchanged(old)
+                            .unwrap_or_else(|| Arc::new(Entry::unread(old.key)))
+                    })
                     .collect()
             };
-            let results = match pool {
-                Some(pool) => pool.install(read),
-                None => read(),
+            let checked = match pool {
+                Some(pool) => pool.install(check),
+                None => check(),
             };
-            for (entry, reused) in results.into_iter().flatten() {
-                match entry {
-                    Some(e) => {
-                        map.replace(Slot(e));
-                        stats.reused += reused as usize;
-                    }
-                    None => stats.skipped += 1,
+            for (entry, old) in checked.into_iter().zip(&known) {
+                if Arc::ptr_eq(&entry, old) {
+                    stats.reused += 1;
+                } else {
+                    to_read.push(entry.clone());
                 }
+                map.replace(Slot(entry));
             }
         }
+        *lock(&self.to_read) = to_read;
         Ok((map, stats))
     }
 
-    /// One file of a scan: `(entry or None if skipped, reused?)`; `None` if it vanished.
-    fn scan_one(&self, hash: &str) -> Option<(Option<Arc<Entry>>, bool)> {
-        let key = nix32::store_hash_key(hash)?;
-        let path = self.path_of(hash);
-        let old = self.read_map().get(&key).map(|s| s.0.clone());
-        // Only an entry we already hold needs the extra `lstat`: a new file is simply read (its
-        // version comes from the open file), which keeps the first scan to one path lookup.
-        if let Some(old) = old {
-            match files::version(&path) {
-                Ok(Some(v)) if v == old.version => {
-                    old.checked_ms.store(clock_ms(), Ordering::Relaxed);
-                    return Some((Some(old), true));
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => return None,
-                Err(e) => {
-                    log::warn!("{}: skipped: {e}", path.display());
-                    return Some((None, false));
-                }
+    /// `old` itself if its file has not changed since it was read (one `lstat`).
+    fn unchanged(&self, old: &Arc<Entry>) -> Option<Arc<Entry>> {
+        let content = old.loaded()?;
+        let path = self.path_of(&nix32::encode(&old.key));
+        match files::version(&path) {
+            Ok(Some(v)) if v == content.version => {
+                content.checked_ms.store(clock_ms(), Ordering::Relaxed);
+                Some(old.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Reads every entry the last scan left unread, [`SCAN_CHUNK`] at a time on `pool`, and
+    /// drops those that cannot be served (each malformed file is logged once). Returns how
+    /// many were read and how many were dropped.
+    pub fn read_all(&self, pool: Option<&rayon::ThreadPool>) -> (usize, usize) {
+        let todo = std::mem::take(&mut *lock(&self.to_read));
+        let read = || -> Vec<Arc<Entry>> {
+            todo.par_chunks(SCAN_CHUNK)
+                .flat_map_iter(|chunk| {
+                    chunk
+                        .iter()
+                        .filter(|e| self.content(e).is_none())
+                        .cloned()
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let broken = match pool {
+            Some(pool) => pool.install(read),
+            None => read(),
+        };
+        let _writes = lock(&self.writes);
+        let mut map = self.write_map();
+        for entry in &broken {
+            // Only if nothing newer took its place meanwhile.
+            if map
+                .get(&entry.key)
+                .is_some_and(|s| Arc::ptr_eq(&s.0, entry))
+            {
+                map.remove(&entry.key);
             }
         }
-        match self.load(key, hash, &path) {
-            Ok(entry) => Some((Some(entry), false)),
-            Err(LoadError::Absent) => None,
-            Err(LoadError::Malformed(why, version)) => {
-                self.warn_malformed(key, version, &path, &why);
-                Some((None, false))
-            }
-            Err(LoadError::Io(e)) => {
-                log::warn!("{}: skipped: {e}", path.display());
-                Some((None, false))
-            }
-        }
+        (todo.len(), broken.len())
     }
 }
 

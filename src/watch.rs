@@ -109,8 +109,15 @@ pub fn resolve(mode: WatchMode, root: &Path) -> WatchMode {
 
 /// Starts the rescan thread (which begins with the first scan) and, in inotify mode, the
 /// watch. `mode` comes from [`resolve`]; returns the mode in use (poll if inotify failed).
-/// `interval` zero: no periodic rescans.
-pub fn start(index: &Arc<Index>, mode: WatchMode, interval: Duration, hook: Hook) -> WatchMode {
+/// `interval` zero: no periodic rescans. `prepare` runs on the rescan thread before the first
+/// scan (the cache's clean-up of stale temporaries, which lists the same directory).
+pub fn start(
+    index: &Arc<Index>,
+    mode: WatchMode,
+    interval: Duration,
+    hook: Hook,
+    prepare: Box<dyn FnOnce() + Send>,
+) -> WatchMode {
     let (tx, rx) = mpsc::channel();
     let mut mode = mode;
     let mut first = RescanRequest { epoch: None };
@@ -138,6 +145,7 @@ pub fn start(index: &Arc<Index>, mode: WatchMode, interval: Duration, hook: Hook
     }
     let weak = Arc::downgrade(index);
     let spawned = spawn("rescan", move || {
+        prepare();
         rescan_loop(weak, rx, tx, first, interval, hook);
     });
     if let Err(e) = spawned {
@@ -164,14 +172,14 @@ fn rescan_loop(
     interval: Duration,
     hook: Hook,
 ) {
-    // Periodic rescans must never make a request wait: one thread at the lowest priority.
-    let low = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .thread_name(|_| "rescan-worker".into())
-        .start_handler(|_| lower_thread_priority())
-        .build()
-        .map_err(|e| log::warn!("no low-priority rescan pool ({e}); rescans use every core"))
-        .ok();
+    // Background work must never make a request wait: it runs at the lowest priority, the
+    // periodic rescan's checks on one thread, the reading of new files on every core.
+    let low = background_pool(1);
+    let readers = background_pool(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let pools = Pools {
+        checks: low.as_ref(),
+        reads: readers.as_ref(),
+    };
     let mut next = Some((first, true));
     // Wake up now and then even without rescans, to notice that the cache was dropped.
     let tick = if interval.is_zero() {
@@ -206,48 +214,82 @@ fn rescan_loop(
             return;
         }
         due = Instant::now() + interval;
-        let pool = if urgent { None } else { low.as_ref() };
-        run_rescan(&index, request, pool);
+        run_rescan(&index, request, urgent, &pools);
     }
 }
 
-/// One rescan with its log line; ends the fall-through to the disk if `request` says so.
-pub fn run_rescan(index: &Index, request: RescanRequest, pool: Option<&rayon::ThreadPool>) {
+/// Thread pools for background work (`None`: rayon's global pool).
+#[derive(Default)]
+pub struct Pools<'a> {
+    /// The unchanged-file checks of periodic rescans.
+    pub checks: Option<&'a rayon::ThreadPool>,
+    /// Reading files not read yet.
+    pub reads: Option<&'a rayon::ThreadPool>,
+}
+
+fn background_pool(threads: usize) -> Option<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("index-bg-{i}"))
+        .start_handler(|_| lower_thread_priority())
+        .build()
+        .map_err(|e| log::warn!("no background thread pool ({e}); using every core"))
+        .ok()
+}
+
+/// One rescan with its log lines: list the directory (at once when `urgent`, else on the
+/// low-priority pool), end the fall-through to the disk if `request` says so, then read the
+/// files not read yet in the background.
+pub fn run_rescan(index: &Index, request: RescanRequest, urgent: bool, pools: &Pools) {
     let first = !index.first_scan_done();
-    match index.rescan(pool) {
-        Ok(s) => {
-            if let Some(epoch) = request.epoch {
-                index.trust_after(epoch);
-            }
-            let line = format!(
-                "{} entries ({} unchanged, {} skipped) in {:.3}s",
-                s.entries,
-                s.reused,
-                s.skipped,
-                s.duration.as_secs_f64()
+    let start = Instant::now();
+    let scanned = index.rescan(if urgent { None } else { pools.checks });
+    let s = match scanned {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!(
+                "rescan of {} failed: {e}; narinfo lookups look at the disk meanwhile",
+                index.root().display()
             );
             if first {
-                crate::index::give_back_free_memory();
-                log::info!(
-                    "indexed {} narinfo files in {} ({} skipped) in {:.3}s",
-                    s.entries,
-                    index.root().display(),
-                    s.skipped,
-                    s.duration.as_secs_f64()
-                );
-            } else if request.epoch.is_some() {
-                log::info!("rescan: {line}; misses are answered from memory again");
-            } else {
-                log::debug!("rescan: {line}");
+                index.first_scan_ended();
             }
+            return;
         }
-        Err(e) => log::error!(
-            "rescan of {} failed: {e}; narinfo lookups look at the disk meanwhile",
-            index.root().display()
-        ),
+    };
+    if let Some(epoch) = request.epoch {
+        index.trust_after(epoch);
     }
     if first {
+        log::info!(
+            "listed {} narinfo files in {} in {:.3}s: every path is known, the files are read \
+             in the background",
+            s.entries,
+            index.root().display(),
+            s.duration.as_secs_f64()
+        );
         index.first_scan_ended();
+    }
+    let (read, skipped) = index.read_all(pools.reads);
+    let entries = s.entries - skipped;
+    if first {
+        crate::index::give_back_free_memory();
+        log::info!(
+            "indexed {entries} narinfo files in {} ({skipped} skipped) in {:.3}s",
+            index.root().display(),
+            start.elapsed().as_secs_f64()
+        );
+        return;
+    }
+    let line = format!(
+        "rescan: {entries} entries ({} unchanged, {read} read, {skipped} skipped) in {:.3}s",
+        s.reused,
+        start.elapsed().as_secs_f64()
+    );
+    if request.epoch.is_some() {
+        log::info!("{line}; misses are answered from memory again");
+    } else {
+        log::debug!("{line}");
     }
 }
 
@@ -483,7 +525,12 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let mut watcher = Watcher::new(&index, tx, Arc::new(|| true)).unwrap();
         let epoch = watcher.establish(&index, false).unwrap();
-        run_rescan(&index, RescanRequest { epoch: Some(epoch) }, None);
+        run_rescan(
+            &index,
+            RescanRequest { epoch: Some(epoch) },
+            true,
+            &Pools::default(),
+        );
         assert!(index.is_watched() && found(&index, &a));
 
         // A change reported normally is in the map at once.
@@ -511,7 +558,7 @@ mod tests {
 
         let request = rx.try_recv().expect("the overflow asks for a rescan");
         let rescans = index.counters.rescans.load(Ordering::Relaxed);
-        run_rescan(&index, request, None);
+        run_rescan(&index, request, true, &Pools::default());
         assert_eq!(index.counters.rescans.load(Ordering::Relaxed), rescans + 1);
         assert!(
             index.is_watched(),
@@ -530,7 +577,12 @@ mod tests {
         let index = Index::new(&dir, STORE, Vec::new());
         let old = index.distrust();
         let _new = index.distrust();
-        run_rescan(&index, RescanRequest { epoch: Some(old) }, None);
+        run_rescan(
+            &index,
+            RescanRequest { epoch: Some(old) },
+            true,
+            &Pools::default(),
+        );
         assert!(!index.is_watched());
         std::fs::remove_dir_all(&dir).unwrap();
     }
