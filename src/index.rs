@@ -586,44 +586,46 @@ impl Index {
     /// Lists the directory into a new map, [`SCAN_CHUNK`] names at a time.
     #[allow(clippy::mutable_key_type)]
     fn scan_directory(&self, pool: Option<&rayon::ThreadPool>) -> io::Result<(Map, ScanStats)> {
-        let mut map = Map::with_capacity_and_hasher(self.len(), Default::default());
         let mut stats = ScanStats::default();
         let mut names = std::fs::read_dir(&self.root)?;
+        let mut listed: Vec<Key> = Vec::with_capacity(SCAN_CHUNK);
         let mut known = Vec::with_capacity(SCAN_CHUNK);
+        // Entries kept as they were, and entries to read. The map is built at the end, at its
+        // final size: growing it while listing rehashed every entry again and again.
+        let mut kept = Vec::new();
         let mut to_read = Vec::new();
         loop {
-            known.clear();
-            let mut listed = 0;
+            listed.clear();
             for entry in names.by_ref() {
                 let entry = entry?;
                 let name = entry.file_name();
-                let Some(key) = narinfo_hash(name.as_encoded_bytes())
+                if let Some(key) = narinfo_hash(name.as_encoded_bytes())
                     .and_then(|h| nix32::store_hash_key(std::str::from_utf8(h).ok()?))
-                else {
-                    continue;
-                };
-                listed += 1;
-                match self.read_map().get(&key) {
-                    // Read before: kept if the file is unchanged (checked below).
-                    Some(old) if old.0.content.get().is_some() => known.push(old.0.clone()),
-                    // Never read: nothing to compare, it is read when needed.
-                    Some(old) => {
-                        to_read.push(old.0.clone());
-                        map.replace(Slot(old.0.clone()));
-                        stats.reused += 1;
+                {
+                    listed.push(key);
+                    if listed.len() == SCAN_CHUNK {
+                        break;
                     }
-                    None => {
-                        let entry = Arc::new(Entry::unread(key));
-                        to_read.push(entry.clone());
-                        map.replace(Slot(entry));
-                    }
-                }
-                if listed == SCAN_CHUNK {
-                    break;
                 }
             }
-            if listed == 0 {
+            if listed.is_empty() {
                 break;
+            }
+            known.clear();
+            {
+                let old_map = self.read_map();
+                for key in &listed {
+                    match old_map.get(key) {
+                        // Read before: kept if the file is unchanged (checked below).
+                        Some(old) if old.0.content.get().is_some() => known.push(old.0.clone()),
+                        // Never read: nothing to compare, it is read when needed.
+                        Some(old) => {
+                            to_read.push(old.0.clone());
+                            stats.reused += 1;
+                        }
+                        None => to_read.push(Arc::new(Entry::unread(*key))),
+                    }
+                }
             }
             let check = || -> Vec<Arc<Entry>> {
                 known
@@ -641,11 +643,15 @@ impl Index {
             for (entry, old) in checked.into_iter().zip(&known) {
                 if Arc::ptr_eq(&entry, old) {
                     stats.reused += 1;
+                    kept.push(entry);
                 } else {
-                    to_read.push(entry.clone());
+                    to_read.push(entry);
                 }
-                map.replace(Slot(entry));
             }
+        }
+        let mut map = Map::with_capacity_and_hasher(kept.len() + to_read.len(), Default::default());
+        for entry in kept.into_iter().chain(to_read.iter().cloned()) {
+            map.replace(Slot(entry));
         }
         *lock(&self.to_read) = to_read;
         Ok((map, stats))

@@ -109,8 +109,9 @@ pub fn resolve(mode: WatchMode, root: &Path) -> WatchMode {
 
 /// Starts the rescan thread (which begins with the first scan) and, in inotify mode, the
 /// watch. `mode` comes from [`resolve`]; returns the mode in use (poll if inotify failed).
-/// `interval` zero: no periodic rescans. `prepare` runs on the rescan thread before the first
-/// scan (the cache's clean-up of stale temporaries, which lists the same directory).
+/// `interval` zero: no periodic rescans. `prepare` runs on the rescan thread once every path is
+/// known, before the files are read (the cache's clean-up of stale upload temporaries, which
+/// lists the same directory and would otherwise delay readiness).
 pub fn start(
     index: &Arc<Index>,
     mode: WatchMode,
@@ -145,8 +146,7 @@ pub fn start(
     }
     let weak = Arc::downgrade(index);
     let spawned = spawn("rescan", move || {
-        prepare();
-        rescan_loop(weak, rx, tx, first, interval, hook);
+        rescan_loop(weak, rx, tx, first, interval, hook, prepare);
     });
     if let Err(e) = spawned {
         log::error!("could not start the rescan thread: {e}; narinfo lookups use the disk");
@@ -171,7 +171,9 @@ fn rescan_loop(
     first: RescanRequest,
     interval: Duration,
     hook: Hook,
+    prepare: Box<dyn FnOnce() + Send>,
 ) {
+    let mut prepare = Some(prepare);
     // Background work must never make a request wait: it runs at the lowest priority, the
     // periodic rescan's checks on one thread, the reading of new files on every core.
     let low = background_pool(1);
@@ -214,7 +216,7 @@ fn rescan_loop(
             return;
         }
         due = Instant::now() + interval;
-        run_rescan(&index, request, urgent, &pools);
+        run_rescan(&index, request, urgent, &pools, prepare.take());
     }
 }
 
@@ -240,7 +242,13 @@ fn background_pool(threads: usize) -> Option<rayon::ThreadPool> {
 /// One rescan with its log lines: list the directory (at once when `urgent`, else on the
 /// low-priority pool), end the fall-through to the disk if `request` says so, then read the
 /// files not read yet in the background.
-pub fn run_rescan(index: &Index, request: RescanRequest, urgent: bool, pools: &Pools) {
+pub fn run_rescan(
+    index: &Index,
+    request: RescanRequest,
+    urgent: bool,
+    pools: &Pools,
+    prepare: Option<Box<dyn FnOnce() + Send>>,
+) {
     let first = !index.first_scan_done();
     let start = Instant::now();
     let scanned = index.rescan(if urgent { None } else { pools.checks });
@@ -253,6 +261,9 @@ pub fn run_rescan(index: &Index, request: RescanRequest, urgent: bool, pools: &P
             );
             if first {
                 index.first_scan_ended();
+            }
+            if let Some(prepare) = prepare {
+                prepare();
             }
             return;
         }
@@ -269,6 +280,9 @@ pub fn run_rescan(index: &Index, request: RescanRequest, urgent: bool, pools: &P
             s.duration.as_secs_f64()
         );
         index.first_scan_ended();
+    }
+    if let Some(prepare) = prepare {
+        prepare();
     }
     let (read, skipped) = index.read_all(pools.reads);
     let entries = s.entries - skipped;
@@ -530,6 +544,7 @@ mod tests {
             RescanRequest { epoch: Some(epoch) },
             true,
             &Pools::default(),
+            None,
         );
         assert!(index.is_watched() && found(&index, &a));
 
@@ -558,7 +573,7 @@ mod tests {
 
         let request = rx.try_recv().expect("the overflow asks for a rescan");
         let rescans = index.counters.rescans.load(Ordering::Relaxed);
-        run_rescan(&index, request, true, &Pools::default());
+        run_rescan(&index, request, true, &Pools::default(), None);
         assert_eq!(index.counters.rescans.load(Ordering::Relaxed), rescans + 1);
         assert!(
             index.is_watched(),
@@ -582,6 +597,7 @@ mod tests {
             RescanRequest { epoch: Some(old) },
             true,
             &Pools::default(),
+            None,
         );
         assert!(!index.is_watched());
         std::fs::remove_dir_all(&dir).unwrap();
