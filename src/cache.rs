@@ -331,6 +331,7 @@ impl Cache {
             last_scan_seconds: scan.duration.as_secs_f64(),
             last_scan_unix: scan.finished_unix,
             index_complete: index.first_scan_done(),
+            index_read: index.first_read_done(),
             index_watched: index.is_watched(),
             watch_inotify: self.watch_mode() == WatchMode::Inotify,
             watch_events: count(&index.counters.watch_events),

@@ -207,6 +207,8 @@ pub struct Index {
     to_read: Mutex<Vec<Arc<Entry>>>,
     /// Set once the first scan has ended (successfully or not), for readiness.
     first_scan: (Mutex<bool>, Condvar),
+    /// Set once every file the first scan listed has been read.
+    first_read: AtomicBool,
     pub counters: Counters,
 }
 
@@ -247,6 +249,7 @@ impl Index {
             scanning: Mutex::new(()),
             to_read: Mutex::new(Vec::new()),
             first_scan: (Mutex::new(false), Condvar::new()),
+            first_read: AtomicBool::new(false),
             counters: Counters::default(),
         }
     }
@@ -267,6 +270,17 @@ impl Index {
     /// which the log says; lookups fall through to the disk then).
     pub fn first_scan_done(&self) -> bool {
         *lock(&self.first_scan.0)
+    }
+
+    /// True once every file the first scan listed has been read (memory is at its steady
+    /// state; the log's `indexed` line).
+    pub fn first_read_done(&self) -> bool {
+        self.first_read.load(Ordering::Relaxed)
+    }
+
+    /// Marks every file of the first scan as read.
+    pub fn first_read_ended(&self) {
+        self.first_read.store(true, Ordering::Relaxed);
     }
 
     /// Blocks until the first scan has ended.

@@ -105,6 +105,8 @@ pub struct Gauges {
     pub last_scan_unix: u64,
     /// The first scan has ended.
     pub index_complete: bool,
+    /// Every file the first scan listed has been read.
+    pub index_read: bool,
     /// Misses are answered from memory (inotify watching, map in step).
     pub index_watched: bool,
     /// inotify mode (else poll).
@@ -206,6 +208,12 @@ impl Metrics {
             "nbc_index_complete",
             "1 once the first scan of the cache directory has ended.",
             (g.index_complete as u8).to_string(),
+        );
+        gauge(
+            &mut out,
+            "nbc_index_read",
+            "1 once every narinfo file the first scan listed has been read into memory.",
+            (g.index_read as u8).to_string(),
         );
         gauge(
             &mut out,

@@ -288,6 +288,7 @@ pub fn run_rescan(
     let entries = s.entries - skipped;
     if first {
         crate::index::give_back_free_memory();
+        index.first_read_ended();
         log::info!(
             "indexed {entries} narinfo files in {} ({skipped} skipped) in {:.3}s",
             index.root().display(),
@@ -581,6 +582,27 @@ mod tests {
         );
         assert!(found(&index, &a) && found(&index, &b));
         assert_eq!(index.len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Before the first scan has ended nothing is known from memory: a lookup looks at the
+    /// disk, so a path not yet listed is found, never a wrong 404.
+    #[test]
+    fn lookups_before_the_first_scan_look_at_the_disk() {
+        let dir = std::env::temp_dir().join(format!("nbc-watch-early-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = ("a".repeat(32), "b".repeat(32));
+        write(&dir, &a);
+        let index = Index::new(&dir, STORE, Vec::new());
+        assert!(!index.first_scan_done() && !index.is_watched());
+        assert!(found(&index, &a));
+        assert!(!found(&index, &b));
+        write(&dir, &b);
+        assert!(
+            found(&index, &b),
+            "written after the first look: found on the next"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -121,6 +121,8 @@ fn nix_copy_into_the_directory_is_served_within_100ms_and_removal_too() {
     let server = Server::start(served.path(), &["--watch", "inotify"]);
     assert_eq!(metric(&server, "nbc_watch_inotify"), 1);
     assert_eq!(metric(&server, "nbc_index_watched"), 1, "{}", server.log());
+    assert_eq!(metric(&server, "nbc_index_complete"), 1);
+    assert_eq!(metric(&server, "nbc_index_read"), 1);
 
     let m = manifest();
     let top = hash_of(&m["TOP"]);
