@@ -350,8 +350,14 @@ impl Watcher {
     /// that must follow, and asks for that rescan if `request` is set.
     pub fn establish(&mut self, index: &Index, request: bool) -> Option<u64> {
         if self.parent_wd.is_none()
-            && let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty())
+            && let Some(parent) = self.root.parent()
         {
+            // A relative root's parent is "" (the working directory).
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
             self.parent_wd = self.inotify.add_watch(parent, PARENT_MASK).ok();
         }
         match self.inotify.add_watch(&self.root, ROOT_MASK) {
