@@ -410,7 +410,7 @@ impl Index {
     fn reload(&self, key: Key, hash: &str, warn: bool) -> io::Result<Lookup> {
         let mut writes = lock(&self.writes);
         let path = self.path_of(hash);
-        let result = match self.load(key, hash, &path) {
+        let result = match self.load(hash, &path) {
             Ok(content) => {
                 let entry = Arc::new(Entry::read(key, content));
                 self.write_map().replace(Slot(entry.clone()));
@@ -440,7 +440,7 @@ impl Index {
 
     /// [`Index::load`] for an entry read lazily: problems are logged, not returned.
     fn read_content(&self, key: Key, hash: &str, path: &Path, warn: bool) -> Option<Content> {
-        match self.load(key, hash, path) {
+        match self.load(hash, path) {
             Ok(content) => Some(content),
             Err(LoadError::Absent) => None,
             Err(LoadError::Malformed(why, version)) => {
@@ -493,7 +493,7 @@ impl Index {
     }
 
     /// Reads and checks one narinfo file: `openat`, `statx`, one `read`, `close`.
-    fn load(&self, _key: Key, hash: &str, path: &Path) -> Result<Content, LoadError> {
+    fn load(&self, hash: &str, path: &Path) -> Result<Content, LoadError> {
         let (mut file, meta) = files::open_regular(path)
             .map_err(LoadError::Io)?
             .ok_or(LoadError::Absent)?;
@@ -569,7 +569,7 @@ impl Index {
         // what an event or a lookup already put into the old map.
         for key in changed {
             let hash = nix32::encode(&key);
-            match self.load(key, &hash, &self.path_of(&hash)) {
+            match self.load(&hash, &self.path_of(&hash)) {
                 Ok(content) => {
                     map.replace(Slot(Arc::new(Entry::read(key, content))));
                 }
