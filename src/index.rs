@@ -331,7 +331,7 @@ impl Index {
         let cached = self.read_map().get(&key).map(|s| s.0.clone());
         if self.is_watched() {
             return Ok(match cached {
-                Some(entry) if self.content(&entry).is_some() => Lookup::Found(entry),
+                Some(entry) if self.content(&entry)?.is_some() => Lookup::Found(entry),
                 _ => Lookup::Missing,
             });
         }
@@ -359,14 +359,27 @@ impl Index {
     }
 
     /// The entry's contents, read now if nobody has yet.
-    fn content<'a>(&self, entry: &'a Entry) -> Option<&'a Content> {
-        entry
-            .content
-            .get_or_init(|| {
-                let hash = nix32::encode(&entry.key);
-                self.read_content(entry.key, &hash, &self.path_of(&hash), true)
-            })
-            .as_ref()
+    /// A file gone or malformed is remembered as `None` (a change on disk brings a new entry);
+    /// an I/O error (no descriptor left, permissions) is not remembered: the next use tries
+    /// again, so a passing shortage never hides a path for good.
+    fn content<'a>(&self, entry: &'a Entry) -> io::Result<Option<&'a Content>> {
+        if let Some(known) = entry.content.get() {
+            return Ok(known.as_ref());
+        }
+        let hash = nix32::encode(&entry.key);
+        let path = self.path_of(&hash);
+        let read = match self.load(&hash, &path) {
+            Ok(content) => Some(content),
+            Err(LoadError::Absent) => None,
+            Err(LoadError::Malformed(why, version)) => {
+                self.warn_malformed(entry.key, version, &path, &why);
+                None
+            }
+            Err(LoadError::Io(e)) => return Err(e),
+        };
+        // Two requests may read at once: the first to finish is kept, both are the same file.
+        let _ = entry.content.set(read);
+        Ok(entry.content.get().and_then(Option::as_ref))
     }
 
     /// A lookup while misses cannot be trusted: a hit is checked against the file's version
@@ -387,7 +400,7 @@ impl Index {
             };
         };
         let fresh = entry.content.get().is_none();
-        let Some(content) = self.content(&entry) else {
+        let Some(content) = self.content(&entry)? else {
             // Unreadable when it was read: look again.
             return self.reload(key, hash, true);
         };
@@ -436,24 +449,6 @@ impl Index {
             changed.push(key);
         }
         result
-    }
-
-    /// [`Index::load`] for an entry read lazily: problems are logged, not returned.
-    fn read_content(&self, key: Key, hash: &str, path: &Path, warn: bool) -> Option<Content> {
-        match self.load(hash, path) {
-            Ok(content) => Some(content),
-            Err(LoadError::Absent) => None,
-            Err(LoadError::Malformed(why, version)) => {
-                if warn {
-                    self.warn_malformed(key, version, path, &why);
-                }
-                None
-            }
-            Err(LoadError::Io(e)) => {
-                log::warn!("{}: skipped: {e}", path.display());
-                None
-            }
-        }
     }
 
     fn warn_malformed(&self, key: Key, version: Version, path: &Path, why: &str) {
@@ -694,7 +689,15 @@ impl Index {
                 .flat_map_iter(|chunk| {
                     chunk
                         .iter()
-                        .filter(|e| self.content(e).is_none())
+                        .filter(|e| match self.content(e) {
+                            Ok(content) => content.is_none(),
+                            Err(err) => {
+                                // Kept, unread: the first request for it tries again.
+                                let hash = nix32::encode(&e.key);
+                                log::warn!("{}: not read: {err}", self.path_of(&hash).display());
+                                false
+                            }
+                        })
                         .cloned()
                         .collect::<Vec<_>>()
                 })
