@@ -14,7 +14,7 @@ run:
 
 ## Everything CI checks: formatting, lints, unit, HTTP and real-Nix-client tests.
 test: deps check-fmt clippy build
-	$(CARGO) test --all-targets
+	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --doc
 	scripts/check-systemd-units.sh target/debug/nix-binary-cache
 	scripts/check-landing.sh target/debug/nix-binary-cache
@@ -27,12 +27,15 @@ deps:
 
 check-fmt:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path examples/embed/Cargo.toml -- --check
 
 clippy:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --manifest-path examples/embed/Cargo.toml --target-dir target/embed -- -D warnings
 
 build:
 	$(CARGO) build --all-targets
+	$(CARGO) build --manifest-path examples/embed/Cargo.toml --target-dir target/embed
 
 ## Rebuild tests/fixtures with the real `nix copy` (needs root and nix-bin).
 fixture:

@@ -7,7 +7,12 @@
 #      fails the check;
 #   2. `systemd-analyze security --offline=yes` on the service (alone and with all drop-ins):
 #      fails unless the overall exposure level is at most $MAX_EXPOSURE (default 2.0);
-#   3. every NIX_BINARY_CACHE_* variable named in dist/ is one the binary's --help documents.
+#   3. every NIX_BINARY_CACHE_* variable named in dist/ is one the binary's --help documents;
+#   4. the gc service and timer (nix-binary-cache-gc.*) pass `verify` too and the same exposure
+#      limit, and their ExecStart= runs (with --help) against BINARY;
+#   5. what the code needs from the unit: setpriority allowed again after `~@resources` (the
+#      rescan thread lowers itself to nice 19), a StateDirectory= shared by server and gc (the
+#      served-times file), and ExecReload= sending SIGHUP.
 #
 # Usage: scripts/check-systemd-units.sh [BINARY]
 #   BINARY: the built nix-binary-cache (default: target/release/nix-binary-cache, else
@@ -56,7 +61,7 @@ help=$(systemd-analyze --help)
 [[ $help == *--man=* ]] && verify_opts+=(--man=no)
 [[ $help == *--offline=* ]] || die "this systemd-analyze has no 'security --offline' (needs systemd >= 250)"
 
-for f in "$unit.service" "$unit.socket" "$unit.env"; do
+for f in "$unit.service" "$unit.socket" "$unit.env" "$unit-gc.service" "$unit-gc.timer"; do
     [[ -f $dist/$f ]] || die "missing dist/$f"
 done
 dropins=()
@@ -75,8 +80,8 @@ failed=0
 stage() {
     local dir
     dir=$(mktemp -d "$tmp/units.XXXX")
-    cp "$dist/$unit.service" "$dist/$unit.socket" "$dir/"
-    sed -i -E "s|^ExecStart=[^ ]*/$unit\b|ExecStart=$binary|" "$dir/$unit.service"
+    cp "$dist/$unit.service" "$dist/$unit.socket" "$dist/$unit-gc.service" "$dist/$unit-gc.timer" "$dir/"
+    sed -i -E "s|^ExecStart=[^ ]*/$unit\b|ExecStart=$binary|" "$dir/$unit.service" "$dir/$unit-gc.service"
     grep -q "^ExecStart=$binary" "$dir/$unit.service" ||
         die "no ExecStart=…/$unit line to point at the binary in dist/$unit.service"
     if (($# > 0)); then
@@ -95,7 +100,8 @@ verify() {
     shift
     local dir out status=0
     dir=$(stage "$@")
-    out=$(cd "$dir" && systemd-analyze verify "${verify_opts[@]}" "./$unit.service" "./$unit.socket" 2>&1) ||
+    out=$(cd "$dir" && systemd-analyze verify "${verify_opts[@]}" "./$unit.service" "./$unit.socket" \
+        "./$unit-gc.service" "./$unit-gc.timer" 2>&1) ||
         status=$?
     # Name the files by their dist/ paths, not the temporary copies.
     out=${out//$dir\/$unit.service.d\//dist\/$unit.service.d\/}
@@ -109,14 +115,14 @@ verify() {
     fi
 }
 
-# security LABEL DROPIN...: fails unless the exposure level is at most MAX_EXPOSURE.
+# security LABEL UNIT DROPIN...: fails unless the exposure level is at most MAX_EXPOSURE.
 security() {
-    local label=$1
-    shift
+    local label=$1 name=$2
+    shift 2
     local dir out level
     dir=$(stage "$@")
     out=$(cd "$dir" && SYSTEMD_PAGER='' systemd-analyze security --no-pager --offline=yes \
-        "./$unit.service" 2>&1) || true
+        "./$name" 2>&1) || true
     level=$(sed -n -E 's/.*Overall exposure level for [^:]*: ([0-9]+(\.[0-9]+)?).*/\1/p' <<<"$out")
     if [[ -z $level ]]; then
         echo "FAIL security ($label): no 'Overall exposure level' line in:"
@@ -137,8 +143,52 @@ for d in "${dropins[@]}"; do
 done
 ((${#dropins[@]} > 1)) && verify "with all drop-ins" "${dropins[@]}"
 
-security "service"
-((${#dropins[@]} > 0)) && security "with all drop-ins" "${dropins[@]}"
+security "service" "$unit.service"
+((${#dropins[@]} > 0)) && security "with all drop-ins" "$unit.service" "${dropins[@]}"
+security "gc service" "$unit-gc.service"
+
+# --- what the code relies on -----------------------------------------------------------------
+# The last SystemCallFilter= line naming setpriority must allow it (no "~"), and come after the
+# line denying @resources, which includes it.
+filters=$(grep -n '^SystemCallFilter=' "$dist/$unit.service" || true)
+deny_line=$({ grep -E '@resources' <<<"$filters" || true; } | tail -n1 | cut -d: -f1)
+allow_line=$({ grep -E '^[0-9]+:SystemCallFilter=[^~]*\bsetpriority\b' <<<"$filters" || true; } |
+    tail -n1 | cut -d: -f1)
+if [[ -n $deny_line && (-z $allow_line || $allow_line -lt $deny_line) ]]; then
+    echo "FAIL dist/$unit.service denies @resources without allowing setpriority afterwards:"
+    echo "     the rescan thread could not lower its priority"
+    failed=1
+else
+    echo "ok   setpriority: allowed for the rescan thread's nice 19"
+fi
+srv_state=$(grep '^StateDirectory=' "$dist/$unit.service" || true)
+gc_state=$(grep '^StateDirectory=' "$dist/$unit-gc.service" || true)
+if [[ -z $srv_state || $srv_state != "$gc_state" ]]; then
+    echo "FAIL server and gc units must share one StateDirectory= (served-times):" \
+        "server '${srv_state}', gc '${gc_state}'"
+    failed=1
+else
+    echo "ok   state directory: server and gc share $srv_state"
+fi
+if grep -q '^ExecReload=.*kill -HUP \$MAINPID' "$dist/$unit.service"; then
+    echo "ok   reload: ExecReload= sends SIGHUP"
+else
+    echo "FAIL dist/$unit.service: no ExecReload= sending SIGHUP (tokens and keys reload)"
+    failed=1
+fi
+# The gc command line, with the unit's default variables, must be one the binary accepts.
+gc_cmd=$(sed -n -E 's/^ExecStart=[^ ]+ (gc .*)/\1/p' "$dist/$unit-gc.service")
+gc_days=$(sed -n -E 's/^Environment=GC_OLDER_THAN_DAYS=(.*)/\1/p' "$dist/$unit-gc.service")
+gc_cmd=${gc_cmd//'${GC_OLDER_THAN_DAYS}'/$gc_days}
+gc_cmd=${gc_cmd//'${NIX_BINARY_CACHE_PATH}'/$tmp}
+touch "$tmp/nix-cache-info"
+# shellcheck disable=SC2086 # word splitting is the point: it is a command line
+if out=$("$binary" $gc_cmd --dry-run --state-file "$tmp/none" 2>&1); then
+    echo "ok   gc command line: $gc_cmd"
+else
+    echo "FAIL dist/$unit-gc.service ExecStart= is refused by the binary: $out"
+    failed=1
+fi
 
 # --- variables ------------------------------------------------------------------------------
 # The environment file: only comments, blank lines and VAR=value.

@@ -9,13 +9,13 @@
 # Environment:
 #   FUZZ_RUNS     executions per target (default 200000)
 #   FUZZ_SECONDS  time limit per target, in seconds (default 20)
-#   FUZZ_TARGETS  targets to run (default: narinfo route range)
+#   FUZZ_TARGETS  targets to run (default: narinfo route range http_request)
 set -euo pipefail
 
 CARGO_FUZZ_VERSION=0.13.2
 RUNS=${FUZZ_RUNS:-200000}
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-20}
-TARGETS=${FUZZ_TARGETS:-narinfo route range}
+TARGETS=${FUZZ_TARGETS:-narinfo route range http_request}
 
 cd "$(dirname "$0")/.."
 

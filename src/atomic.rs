@@ -4,9 +4,14 @@
 //! and renamed into place; a crash or a client that goes away leaves at most a temporary, which
 //! the next start removes. Temporary names carry the host and process that made them, so a
 //! replica sharing the directory never removes another live replica's upload.
+//!
+//! What is committed is world-readable (files 0644, directories 0755), as `nix copy --to
+//! file://` makes them, whatever the umask: a replica running under another uid (or a unit with
+//! `UMask=0027`) must be able to serve what this one stored.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -16,6 +21,10 @@ const SUFFIX: &str = ".tmp";
 
 /// Temporaries of processes on other hosts are only removed once this old.
 const FOREIGN_TEMP_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Mode of every stored file and created directory: readable by all, as Nix writes caches.
+pub const FILE_MODE: u32 = 0o644;
+pub const DIR_MODE: u32 = 0o755;
 
 /// A file being written; removed on drop unless [`TempFile::commit`] renamed it into place.
 pub struct TempFile {
@@ -35,11 +44,15 @@ impl TempFile {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        Ok(TempFile {
+        // fchmod is not subject to the umask, unlike the mode given to open.
+        let temp = TempFile {
             file,
             path,
             committed: false,
-        })
+        };
+        temp.file
+            .set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+        Ok(temp)
     }
 
     pub fn file(&mut self) -> &mut File {
@@ -57,6 +70,37 @@ impl TempFile {
             File::open(dir)?.sync_all()?;
         }
         Ok(())
+    }
+
+    /// Like [`TempFile::commit`], but only if `target` does not exist yet: `link(2)` never
+    /// replaces a file, so of two writers racing to create the same name (on this host or
+    /// another sharing the directory) exactly one succeeds; the other gets `AlreadyExists`.
+    pub fn commit_new(self, target: &Path) -> io::Result<()> {
+        self.file.sync_all()?;
+        std::fs::hard_link(&self.path, target)?;
+        // Dropping `self` removes the temporary name; the linked one stays.
+        drop(self);
+        if let Some(dir) = target.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates `dir` and any missing parents with mode 0755 whatever the umask (as `nix copy` does);
+/// directories that already exist are left as they are.
+pub fn create_dirs(dir: &Path) -> io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)),
+        // Another upload made it meanwhile.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -155,6 +199,45 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("final")]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn committed_files_and_new_dirs_are_world_readable_whatever_the_umask() {
+        let dir = scratch("modes");
+        // SAFETY: umask only changes this process's file creation mask; restored below.
+        let old = unsafe { libc::umask(0o077) };
+        let sub = dir.join("a/b");
+        create_dirs(&sub).unwrap();
+        let mut t = TempFile::create_in(&sub).unwrap();
+        t.file().write_all(b"x").unwrap();
+        t.commit(&sub.join("f")).unwrap();
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&sub.join("f")), 0o644);
+        assert_eq!(mode(&sub), 0o755);
+        assert_eq!(mode(&dir.join("a")), 0o755);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn commit_new_never_replaces() {
+        let dir = scratch("new");
+        let target = dir.join("f");
+        let mut t = TempFile::create_in(&dir).unwrap();
+        t.file().write_all(b"first").unwrap();
+        t.commit_new(&target).unwrap();
+        let mut t = TempFile::create_in(&dir).unwrap();
+        t.file().write_all(b"second").unwrap();
+        let e = t.commit_new(&target).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&target).unwrap(), b"first");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary left"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

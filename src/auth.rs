@@ -5,75 +5,146 @@
 //! constant time, through SHA-256 digests so that not even the length leaks.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use tiny_http::Header;
 
-/// The set of accepted upload tokens.
+/// The set of accepted upload tokens, each with the name the logs and metrics show for it.
+///
+/// Clones share the set, so [`Tokens::reload`] (on `SIGHUP`) changes it for every holder.
 #[derive(Clone)]
 pub struct Tokens {
-    digests: Vec<[u8; 32]>,
+    set: Arc<RwLock<Arc<[Token]>>>,
+    /// The file the set came from, read again by [`Tokens::reload`].
+    file: Option<PathBuf>,
+}
+
+/// One accepted token: only its digest is kept, never the secret itself.
+struct Token {
+    name: Arc<str>,
+    digest: [u8; 32],
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tokens({} configured)", self.digests.len())
+        write!(f, "Tokens({} configured)", self.len())
     }
 }
 
 impl Tokens {
-    /// Reads one token per line; blank lines and `#` comments are ignored. A file without any
+    /// Reads the token file: one token per line, either `name:token` or a bare token (named
+    /// `line-N` after its line); blank lines and `#` comments are ignored. A file without any
     /// token is an error: it would silently lock everybody out.
     pub fn from_file(path: &Path) -> io::Result<Tokens> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("upload token file {}: {e}", path.display()),
-            )
-        })?;
-        let tokens = Tokens::parse(&text);
-        if tokens.digests.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "upload token file {} holds no token (one per line)",
-                    path.display()
-                ),
-            ));
-        }
-        Ok(tokens)
+        let tokens = read_file(path)?;
+        Ok(Tokens {
+            set: Arc::new(RwLock::new(tokens.into())),
+            file: Some(path.to_path_buf()),
+        })
     }
 
     pub fn parse(text: &str) -> Tokens {
-        let digests = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(digest)
-            .collect();
-        Tokens { digests }
+        Tokens {
+            set: Arc::new(RwLock::new(parse_lines(text).into())),
+            file: None,
+        }
+    }
+
+    /// How many tokens are accepted.
+    pub fn len(&self) -> usize {
+        self.current().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads the token file again and, if it is sound, accepts its tokens from now on; a file
+    /// that cannot be read or holds no token keeps the previous set (the error says why).
+    /// Returns the number of tokens now accepted.
+    pub fn reload(&self) -> io::Result<usize> {
+        let Some(file) = &self.file else {
+            return Ok(self.len());
+        };
+        let tokens = read_file(file)?;
+        let n = tokens.len();
+        *self.set.write().unwrap_or_else(|e| e.into_inner()) = tokens.into();
+        Ok(n)
+    }
+
+    fn current(&self) -> Arc<[Token]> {
+        self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// True if the request's `Authorization` header carries one of the tokens.
     pub fn authorizes(&self, headers: &[Header]) -> bool {
-        let Some(value) = headers.iter().find(|h| h.field.equiv("Authorization")) else {
-            return false;
-        };
-        match secret(value.value.as_str()) {
-            Some(given) => self.contains(&given),
-            None => false,
-        }
+        self.who(headers).is_some()
     }
 
-    fn contains(&self, given: &str) -> bool {
-        let given = digest(given);
+    /// The name of the token the request's `Authorization` header carries, if it is one.
+    pub fn who(&self, headers: &[Header]) -> Option<Arc<str>> {
+        let value = headers.iter().find(|h| h.field.equiv("Authorization"))?;
+        let given = digest(&secret(value.value.as_str())?);
         // No early exit: every token is compared, every byte of each.
-        self.digests
-            .iter()
-            .fold(false, |found, d| found | constant_time_eq(d, &given))
+        let mut found = None;
+        for token in self.current().iter() {
+            if constant_time_eq(&token.digest, &given) {
+                found = Some(token.name.clone());
+            }
+        }
+        found
     }
+}
+
+/// Reads and parses a token file; no token at all is an error.
+fn read_file(path: &Path) -> io::Result<Vec<Token>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("upload token file {}: {e}", path.display()),
+        )
+    })?;
+    let tokens = parse_lines(&text);
+    if tokens.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "upload token file {} holds no token (one per line, `name:token` or a bare token)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(tokens)
+}
+
+/// `name:token` lines (a name is letters, digits, `.`, `_`, `-`), else bare tokens.
+fn parse_lines(text: &str) -> Vec<Token> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .map(|(line, l)| match l.split_once(':') {
+            Some((name, secret)) if is_name(name) && !secret.is_empty() => Token {
+                name: name.into(),
+                digest: digest(secret),
+            },
+            _ => Token {
+                name: format!("line-{line}").into(),
+                digest: digest(l),
+            },
+        })
+        .collect()
+}
+
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
 }
 
 /// The secret in `Basic base64(user:token)` (any user name) or `Bearer token`.
@@ -132,6 +203,51 @@ mod tests {
         assert!(!tokens.authorizes(&auth("Digest secret-one")));
         assert!(!tokens.authorizes(&auth("Basic !!!")));
         assert!(!tokens.authorizes(&[]));
+    }
+
+    #[test]
+    fn named_tokens_say_who() {
+        let tokens = Tokens::parse("ci:secret-ci\nbare-secret\n# x\nalice:a:b\n");
+        let who = |t: &str| {
+            tokens
+                .who(&auth(&format!("Bearer {t}")))
+                .map(|n| n.to_string())
+        };
+        assert_eq!(who("secret-ci").as_deref(), Some("ci"));
+        assert_eq!(who("bare-secret").as_deref(), Some("line-2"));
+        // Only the first colon separates the name: the secret may hold more.
+        assert_eq!(who("a:b").as_deref(), Some("alice"));
+        assert_eq!(
+            who("ci:secret-ci"),
+            None,
+            "the name is not part of the secret"
+        );
+        assert_eq!(who("ci"), None);
+        assert!(format!("{tokens:?}").contains("3 configured"));
+    }
+
+    #[test]
+    fn reload_takes_a_sound_file_and_keeps_the_old_set_otherwise() {
+        let path = std::env::temp_dir().join(format!("nbc-reload-{}", std::process::id()));
+        std::fs::write(&path, "old:one\n").unwrap();
+        let tokens = Tokens::from_file(&path).unwrap();
+        let shared = tokens.clone();
+        let bearer = |t: &str| auth(&format!("Bearer {t}"));
+        std::fs::write(&path, "new:two\n").unwrap();
+        assert_eq!(tokens.reload().unwrap(), 1);
+        assert!(shared.authorizes(&bearer("two")) && !shared.authorizes(&bearer("one")));
+        std::fs::write(&path, "# emptied by mistake\n").unwrap();
+        assert!(
+            tokens
+                .reload()
+                .unwrap_err()
+                .to_string()
+                .contains("no token")
+        );
+        assert!(shared.authorizes(&bearer("two")), "the old set stays");
+        std::fs::remove_file(&path).unwrap();
+        assert!(tokens.reload().is_err());
+        assert!(shared.authorizes(&bearer("two")));
     }
 
     #[test]

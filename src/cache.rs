@@ -7,7 +7,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use tiny_http::{Header, Method, Request};
@@ -23,6 +23,7 @@ use crate::range::{self, RangeAnswer};
 use crate::response::{Body, Response};
 use crate::route::{FileKind, Route, RouteError, route};
 use crate::send;
+use crate::served_times::{self, Recorder};
 use crate::signing::SigningKey;
 use crate::upload::{Stored, Target};
 use crate::watch::WatchMode;
@@ -43,6 +44,14 @@ pub struct Config {
     pub uploads: Option<UploadConfig>,
     /// Keys every served narinfo is signed with (in addition to the signatures it has).
     pub sign_keys: Vec<SigningKey>,
+    /// Where to save when each narinfo was last served, for `gc` (see [`crate::served_times`]).
+    pub served_times_file: Option<PathBuf>,
+    /// Serve `nar/`, `log/`… that are symbolic links leading outside the cache (e.g. NARs on
+    /// another disk); off by default, and `verify` reports such links unless told the same.
+    pub allow_linked_dirs: bool,
+    /// Believe `X-Forwarded-Proto`/`X-Forwarded-Host` for the landing page's URLs (only behind a
+    /// proxy that sets them).
+    pub trust_proxy_headers: bool,
 }
 
 impl Config {
@@ -54,6 +63,9 @@ impl Config {
             watch: WatchMode::Auto,
             uploads: None,
             sign_keys: Vec::new(),
+            served_times_file: None,
+            allow_linked_dirs: false,
+            trust_proxy_headers: false,
         }
     }
 }
@@ -101,9 +113,16 @@ struct Shared {
     uploads: Option<UploadConfig>,
     active_uploads: AtomicUsize,
     /// `trusted-public-keys` entries of the signing keys, for the landing page.
-    public_keys: Vec<String>,
+    public_keys: RwLock<Vec<String>>,
     metrics: Metrics,
+    served_times: Option<Recorder>,
+    allow_linked_dirs: bool,
+    trust_proxy_headers: bool,
+    /// Open connections of each listener serving this cache, for `/metrics`.
+    connection_gauges: Mutex<Vec<ConnectionGauge>>,
 }
+
+type ConnectionGauge = Box<dyn Fn() -> usize + Send + Sync>;
 
 /// How long clients and proxies may keep each kind of answer.
 mod max_age {
@@ -135,6 +154,10 @@ impl Cache {
             ));
         }
         let canonical_root = std::fs::canonicalize(&config.root)?;
+        crate::process_stats::note_start();
+        if config.uploads.is_some() {
+            crate::upload::check_writable(&config.root)?;
+        }
         let info = CacheInfo::load(&config.root, config.priority)?;
         let index = Arc::new(Index::new(
             &config.root,
@@ -160,15 +183,21 @@ impl Cache {
                 info: RwLock::new(Arc::new(info)),
                 index,
                 watch: std::sync::OnceLock::new(),
+                hook,
                 uploads: config.uploads.clone(),
                 active_uploads: AtomicUsize::new(0),
-                public_keys: config
-                    .sign_keys
-                    .iter()
-                    .map(SigningKey::public_key)
-                    .collect(),
+                public_keys: RwLock::new(
+                    config
+                        .sign_keys
+                        .iter()
+                        .map(SigningKey::public_key)
+                        .collect(),
+                ),
                 metrics: Metrics::default(),
-                hook,
+                allow_linked_dirs: config.allow_linked_dirs,
+                trust_proxy_headers: config.trust_proxy_headers,
+                served_times: config.served_times_file.clone().map(Recorder::open),
+                connection_gauges: Mutex::new(Vec::new()),
             }
         });
         // Serving starts now; the first scan runs in the background and lookups fall through
@@ -179,8 +208,8 @@ impl Cache {
             WatchMode::Poll => crate::watch::POLL_RESCAN,
             _ => crate::watch::INOTIFY_RESCAN,
         });
-        // Listing a million names takes a while: the clean-up runs before the first scan, in
-        // the background (it only removes temporaries of processes that are gone).
+        // Listing a million names takes a while: the clean-up runs once every path is known,
+        // in the background (it only removes temporaries of processes that are gone).
         let root = config.root.clone();
         let prepare = Box::new(move || {
             for dir in ["", "nar", "log", "realisations", "debuginfo"] {
@@ -189,6 +218,13 @@ impl Cache {
         });
         let mode = crate::watch::start(&index, mode, interval, shared.hook.clone(), prepare);
         let _ = shared.watch.set(mode);
+        if let Some(recorder) = &shared.served_times {
+            log::info!(
+                "recording when narinfos are served in {}",
+                recorder.file().display()
+            );
+            start_saving_served_times(Arc::downgrade(&shared));
+        }
         Ok(Cache { shared })
     }
 
@@ -244,6 +280,29 @@ impl Cache {
     /// The watch mode in use: `Inotify` or `Poll` (`Auto` resolved).
     pub fn watch_mode(&self) -> WatchMode {
         self.shared.watch.get().copied().unwrap_or(WatchMode::Poll)
+    }
+
+    /// Saves when each narinfo was last served, if a file was configured (also done every
+    /// minute in the background; call it before exiting).
+    pub fn save_served_times(&self) {
+        self.shared.save_served_times();
+    }
+
+    /// Signs narinfos with `keys` from now on (`SIGHUP`); the index is rebuilt for it.
+    pub fn set_sign_keys(&self, keys: Vec<SigningKey>) -> io::Result<ScanStats> {
+        let public: Vec<String> = keys.iter().map(SigningKey::public_key).collect();
+        let stats = self.shared.index.set_sign_keys(keys)?;
+        *self
+            .shared
+            .public_keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = public;
+        Ok(stats)
+    }
+
+    /// The upload tokens, shared: [`Tokens::reload`] on them takes effect at once.
+    pub fn upload_tokens(&self) -> Option<&Tokens> {
+        self.shared.uploads.as_ref().map(|u| &u.tokens)
     }
 
     /// Answers one request, `path` being relative to where the cache is mounted (`/nar/…`).
@@ -305,7 +364,7 @@ impl Cache {
         Instant::now()
     }
 
-    /// Writes `response`, logs the access line and counts it in the metrics.
+    /// Writes `response`, logs the access line and counts it in the metrics once it is out.
     pub fn respond(
         &self,
         request: Request,
@@ -315,9 +374,21 @@ impl Cache {
         kind: Kind,
     ) {
         let status = response.status;
-        let sent = send::send_logged(request, response, close, start);
-        let bytes = sent.map_or(0, |s| s.body_bytes);
-        self.shared.metrics.request_finished(kind, status, bytes);
+        let shared = self.shared.clone();
+        send::send_logged(request, response, close, start, move |sent| {
+            let bytes = sent.map_or(0, |s| s.body_bytes);
+            shared.metrics.request_finished(kind, status, bytes);
+            shared.metrics.observe_latency(kind, start.elapsed());
+        });
+    }
+
+    /// Adds a source of the open-connection count reported in `/metrics` (one per listener).
+    pub fn add_connection_gauge(&self, count: impl Fn() -> usize + Send + Sync + 'static) {
+        self.shared
+            .connection_gauges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(count));
     }
 
     /// `GET /metrics`: Prometheus text format.
@@ -330,6 +401,15 @@ impl Cache {
             nar_bytes: self.total_nar_bytes(),
             last_scan_seconds: scan.duration.as_secs_f64(),
             last_scan_unix: scan.finished_unix,
+            skipped_narinfos: scan.skipped,
+            open_connections: self
+                .shared
+                .connection_gauges
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|count| count())
+                .sum(),
             index_complete: index.first_scan_done(),
             index_read: index.first_read_done(),
             index_watched: index.is_watched(),
@@ -342,17 +422,17 @@ impl Cache {
     }
 
     fn landing(&self, headers: &[Header]) -> Response {
-        let host = headers
-            .iter()
-            .find(|h| h.field.equiv("Host"))
-            .map(|h| h.value.as_str());
+        let (scheme, host) = landing::origin(headers, self.shared.trust_proxy_headers);
         let info = self.shared.info();
+        let public_keys = self.shared.public_keys.read().map(|k| k.clone());
+        let public_keys = public_keys.unwrap_or_default();
         let page = landing::render(&landing::Facts {
             host,
+            scheme,
             cache_info: &info.text,
             paths: self.len(),
             nar_bytes: self.total_nar_bytes(),
-            public_keys: &self.shared.public_keys,
+            public_keys: &public_keys,
             uploads: self.accepts_uploads(),
         });
         Response::new(200, Body::bytes(page.into_bytes()))
@@ -381,14 +461,14 @@ impl Cache {
         let Some(config) = &self.shared.uploads else {
             return self.method_not_allowed();
         };
-        if !config.tokens.authorizes(request.headers()) {
+        let Some(who) = config.tokens.who(request.headers()) else {
             return Response::text(
                 401,
                 "uploads need a valid token (HTTP Basic password or Bearer)",
             )
             .header("WWW-Authenticate", "Basic realm=\"nix-binary-cache\"")
             .header("Cache-Control", max_age::NONE);
-        }
+        };
         let encoding = request
             .headers()
             .iter()
@@ -422,13 +502,14 @@ impl Cache {
                     Stored::File { bytes, .. } => bytes,
                     _ => declared.unwrap_or(0),
                 };
-                self.shared.metrics.upload_stored(bytes);
+                self.shared.metrics.upload_stored(&who, bytes);
                 self.after_upload(&stored);
-                log::info!("stored {path}");
+                // Who pushed what: the token's name, never the token.
+                log::info!("stored {path} ({bytes} bytes) for token {who}");
                 Response::text(200, "stored").header("Cache-Control", max_age::NONE)
             }
             Err(e) => {
-                log::warn!("upload of {path} refused: {}", e.message());
+                log::warn!("upload of {path} for token {who} refused: {}", e.message());
                 Response::text(e.status(), &e.message()).header("Cache-Control", max_age::NONE)
             }
         }
@@ -522,7 +603,7 @@ impl Cache {
         let Some(dir) = path.parent() else {
             return false;
         };
-        if dir == self.shared.root {
+        if dir == self.shared.root || self.shared.allow_linked_dirs {
             return true;
         }
         match std::fs::canonicalize(dir) {
@@ -533,6 +614,17 @@ impl Cache {
 }
 
 impl Shared {
+    fn save_served_times(&self) {
+        if let Some(recorder) = &self.served_times
+            && let Err(e) = recorder.save(&self.index)
+        {
+            log::warn!(
+                "could not save served times to {}: {e}; gc will see older times",
+                recorder.file().display()
+            );
+        }
+    }
+
     /// The current `nix-cache-info` (replaced by rescans and uploads).
     fn info(&self) -> Arc<CacheInfo> {
         self.info.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -547,6 +639,24 @@ impl Shared {
                 self.root.display()
             ),
         }
+    }
+}
+
+/// Saves the served times every [`served_times::SAVE_EVERY`]; ends when the cache is dropped.
+fn start_saving_served_times(shared: Weak<Shared>) {
+    let spawned = std::thread::Builder::new()
+        .name("served-times".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(served_times::SAVE_EVERY);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                shared.save_served_times();
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("could not start saving served times: {e}; they are saved at exit only");
     }
 }
 

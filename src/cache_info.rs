@@ -1,7 +1,9 @@
 //! `nix-cache-info`: the first thing a client reads, telling it the store directory and priority.
 
-use std::io;
+use std::io::{self, Read};
 use std::path::Path;
+
+use crate::files;
 
 /// What is served at `/nix-cache-info`, and the store directory narinfo paths must live in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,23 +13,35 @@ pub struct CacheInfo {
 }
 
 const DEFAULT_STORE_DIR: &str = "/nix/store";
+/// cache.nixos.org's priority: an equal rank unless the operator says otherwise.
+const DEFAULT_PRIORITY: u32 = 40;
 
 impl CacheInfo {
     /// Reads `<root>/nix-cache-info`, or makes one up when it is absent; `priority` overrides
-    /// any `Priority:` in the file.
+    /// any `Priority:` in the file. Like every file the server serves, it is opened without
+    /// following a symbolic link (one once served `/etc/hostname`): a link counts as absent.
     pub fn load(root: &Path, priority: Option<u32>) -> io::Result<CacheInfo> {
-        match std::fs::read_to_string(root.join("nix-cache-info")) {
-            Ok(text) => Ok(CacheInfo::from_text(&text, priority)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(CacheInfo::synthesized(priority)),
-            Err(e) => Err(e),
-        }
+        let path = root.join("nix-cache-info");
+        let Some((mut file, _)) = files::open_regular(&path)? else {
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                log::warn!(
+                    "{}: a symbolic link, not followed; serving the defaults instead \
+                     (replace it with a regular file)",
+                    path.display()
+                );
+            }
+            return Ok(CacheInfo::synthesized(priority));
+        };
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        Ok(CacheInfo::from_text(&text, priority))
     }
 
     /// The answer for a directory without the file: a normal store that wants mass queries.
     pub fn synthesized(priority: Option<u32>) -> CacheInfo {
         let text = format!(
             "StoreDir: {DEFAULT_STORE_DIR}\nWantMassQuery: 1\nPriority: {}\n",
-            priority.unwrap_or(40)
+            priority.unwrap_or(DEFAULT_PRIORITY)
         );
         CacheInfo {
             text,
@@ -35,23 +49,36 @@ impl CacheInfo {
         }
     }
 
-    /// Keeps the file's lines, replacing `Priority:` when overridden and making sure the text
-    /// ends with a newline (Nix needs it on the last line).
+    /// Keeps the file's lines, replacing `Priority:` when overridden, adding the defaults
+    /// (`WantMassQuery: 1`, `Priority: 40`) where the file has no such line (a cache written by
+    /// `nix copy --to file://` has neither, and Nix would rank it at priority 0), and making
+    /// sure the text ends with a newline (Nix needs it on the last line).
     pub fn from_text(text: &str, priority: Option<u32>) -> CacheInfo {
-        let mut out = String::with_capacity(text.len() + 16);
+        let mut out = String::with_capacity(text.len() + 32);
         let mut store_dir = DEFAULT_STORE_DIR.to_string();
+        let (mut has_priority, mut has_mass_query) = (false, false);
         for line in text.lines() {
             if let Some(dir) = line.strip_prefix("StoreDir: ") {
                 store_dir = dir.trim_end().to_string();
             }
-            if priority.is_some() && line.starts_with("Priority:") {
-                continue;
+            has_mass_query |= line.starts_with("WantMassQuery:");
+            if line.starts_with("Priority:") {
+                if priority.is_some() {
+                    continue;
+                }
+                has_priority = true;
             }
             out.push_str(line);
             out.push('\n');
         }
-        if let Some(p) = priority {
-            out.push_str(&format!("Priority: {p}\n"));
+        if !has_mass_query {
+            out.push_str("WantMassQuery: 1\n");
+        }
+        if !has_priority {
+            out.push_str(&format!(
+                "Priority: {}\n",
+                priority.unwrap_or(DEFAULT_PRIORITY)
+            ));
         }
         CacheInfo {
             text: out,
@@ -66,10 +93,47 @@ mod tests {
 
     #[test]
     fn priority_override_replaces_the_line() {
-        let info = CacheInfo::from_text("StoreDir: /nix/store\nPriority: 30\n", Some(10));
-        assert_eq!(info.text, "StoreDir: /nix/store\nPriority: 10\n");
+        let info = CacheInfo::from_text(
+            "StoreDir: /nix/store\nPriority: 30\nWantMassQuery: 0\n",
+            Some(10),
+        );
+        assert_eq!(
+            info.text,
+            "StoreDir: /nix/store\nWantMassQuery: 0\nPriority: 10\n"
+        );
         let kept = CacheInfo::from_text("StoreDir: /nix/store\nPriority: 30", None);
-        assert_eq!(kept.text, "StoreDir: /nix/store\nPriority: 30\n");
+        assert_eq!(
+            kept.text,
+            "StoreDir: /nix/store\nPriority: 30\nWantMassQuery: 1\n"
+        );
+    }
+
+    #[test]
+    fn missing_lines_get_the_documented_defaults() {
+        // What `nix copy --to file://` writes.
+        let info = CacheInfo::from_text("StoreDir: /nix/store\n", None);
+        assert_eq!(
+            info.text,
+            "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+        );
+        let info = CacheInfo::from_text("StoreDir: /nix/store\n", Some(5));
+        assert!(
+            info.text.ends_with("WantMassQuery: 1\nPriority: 5\n"),
+            "{}",
+            info.text
+        );
+    }
+
+    #[test]
+    fn a_linked_nix_cache_info_is_not_followed() {
+        let dir = std::env::temp_dir().join(format!("nbc-info-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("outside"), "StoreDir: /secret\nPriority: 1\n").unwrap();
+        std::os::unix::fs::symlink(dir.join("outside"), dir.join("nix-cache-info")).unwrap();
+        let info = CacheInfo::load(&dir, None).unwrap();
+        assert_eq!(info, CacheInfo::synthesized(None));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub struct Options {
     pub port: u16,
     pub bind: IpAddr,
     pub threads: Option<usize>,
+    /// Open connections at most (`None`: the engine's default).
+    pub max_connections: Option<usize>,
     pub priority: Option<u32>,
     /// `None`: the default of the watch mode (see `Config::rescan_interval`).
     pub rescan_interval: Option<Duration>,
@@ -29,7 +31,13 @@ pub struct Options {
     /// Where `/metrics` and `/health` are answered.
     pub ops: OpsEndpoints,
     pub access_log: bool,
-    pub timeouts: nix_binary_cache::reaper::Timeouts,
+    pub timeouts: nix_binary_cache::server::Timeouts,
+    /// Where to save when each narinfo was last served (for `gc`).
+    pub state_file: Option<PathBuf>,
+    /// Serve `nar/`, `log/`… that are links leading outside the cache.
+    pub allow_linked_dirs: bool,
+    /// Believe a proxy's `X-Forwarded-Proto`/`-Host` on the landing page.
+    pub trust_proxy_headers: bool,
 }
 
 /// Where the operator endpoints live.
@@ -59,18 +67,34 @@ pub enum Command {
     Serve(Box<Options>),
     Help,
     Version,
-    /// `verify PATH [--quick]`
+    /// `verify --help`, `gc --help`: the text to print.
+    SubHelp(&'static str),
+    /// `verify PATH [--quick] [--allow-linked-dirs]`
     Verify {
         root: PathBuf,
         quick: bool,
+        allow_linked_dirs: bool,
     },
     /// `gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run]`
     Gc {
         root: PathBuf,
-        older_than_days: Option<u64>,
+        older_than_days: Option<f64>,
         max_size: Option<u64>,
         dry_run: bool,
+        /// The servers' served-times files (several replicas: several files).
+        state_files: Vec<PathBuf>,
     },
+}
+
+/// The served-times file in systemd's `StateDirectory=` (`$STATE_DIRECTORY`), the default of
+/// both the server and `gc`; the unit's path otherwise for `gc`.
+pub fn default_state_file(env: &impl Fn(&str) -> Option<String>, for_gc: bool) -> Option<PathBuf> {
+    let file = nix_binary_cache::served_times::FILE_NAME;
+    match env("STATE_DIRECTORY") {
+        Some(dirs) => dirs.split(':').next().map(|d| PathBuf::from(d).join(file)),
+        None if for_gc => Some(PathBuf::from("/var/lib/nix-binary-cache").join(file)),
+        None => None,
+    }
 }
 
 pub const HELP: &str = "\
@@ -78,8 +102,8 @@ nix-binary-cache: serve a Nix binary cache directory over HTTP
 
 USAGE:
     nix-binary-cache [OPTIONS] PATH
-    nix-binary-cache verify PATH [--quick]
-    nix-binary-cache gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run]
+    nix-binary-cache verify PATH [--quick] [--allow-linked-dirs]   (see verify --help)
+    nix-binary-cache gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run]   (see gc --help)
 
 PATH is a directory written by `nix copy --to file://PATH`.
 
@@ -89,6 +113,8 @@ OPTIONS:
                                                                            (NIX_BINARY_CACHE_BIND)
         --threads N             worker threads [default: 2 x CPU cores, at least 4]
                                                                            (NIX_BINARY_CACHE_THREADS)
+        --max-connections N     open client connections at most; more are closed at once
+                                [default: 100000]          (NIX_BINARY_CACHE_MAX_CONNECTIONS)
         --priority N            Priority advertised in nix-cache-info (lower wins; cache.nixos.org
                                 is 40) [default: the file's, else 40]     (NIX_BINARY_CACHE_PRIORITY)
         --watch MODE            how the narinfo index follows the directory: `inotify` (misses
@@ -105,8 +131,9 @@ OPTIONS:
                                                    (NIX_BINARY_CACHE_SIGN_KEY_FILE, comma-separated)
         --upload-token-file FILE
                                 accept PUT uploads (`nix copy --to http://…`) from clients that
-                                send one of the tokens in FILE (one per line) as HTTP Basic
-                                password or Bearer token        (NIX_BINARY_CACHE_UPLOAD_TOKEN_FILE)
+                                send one of the tokens in FILE as HTTP Basic password or Bearer
+                                token; one `name:token` (the name is logged) or bare token per
+                                line; SIGHUP re-reads it      (NIX_BINARY_CACHE_UPLOAD_TOKEN_FILE)
         --max-upload-size SIZE  largest NAR, log or listing accepted, e.g. 512M, 16G
                                 [default: 16G]                 (NIX_BINARY_CACHE_MAX_UPLOAD_SIZE)
         --max-uploads N         uploads at once; more get 503 and Nix retries [default: 8]
@@ -117,9 +144,20 @@ OPTIONS:
                                 [default: 30]                 (NIX_BINARY_CACHE_HEADER_TIMEOUT)
         --idle-timeout SECS     close a keep-alive connection idle for SECS [default: 60]
                                                                 (NIX_BINARY_CACHE_IDLE_TIMEOUT)
-        --stall-timeout SECS    abort a download whose client reads nothing for SECS
+        --stall-timeout SECS    abort a download whose client reads nothing, or an upload
+                                whose client sends nothing, for SECS
                                 [default: 60]                  (NIX_BINARY_CACHE_STALL_TIMEOUT)
         --access-log on|off     one log line per request [default: on] (NIX_BINARY_CACHE_ACCESS_LOG)
+        --state-file FILE       save when each narinfo was last served here (every minute and at
+                                exit), for `gc` [default: $STATE_DIRECTORY/served-times under
+                                systemd's StateDirectory=, else none] (NIX_BINARY_CACHE_STATE_FILE)
+        --allow-linked-dirs     serve nar/, log/… even when they are symbolic links leading
+                                outside PATH (e.g. NARs on another disk); without it such files
+                                get 404, and `verify` reports the link
+                                                     (NIX_BINARY_CACHE_ALLOW_LINKED_DIRS=on|off)
+        --trust-proxy-headers   the landing page's URLs follow X-Forwarded-Proto and
+                                X-Forwarded-Host; only behind a proxy that sets them
+                                                   (NIX_BINARY_CACHE_TRUST_PROXY_HEADERS=on|off)
     -h, --help                  print this help
     -V, --version               print the version
 
@@ -146,13 +184,15 @@ pub fn parse(
     let mut args = args.into_iter().peekable();
     match args.peek().and_then(|a| a.to_str()) {
         Some("verify") => return parse_verify(args.skip(1)),
-        Some("gc") => return parse_gc(args.skip(1)),
+        Some("gc") => return parse_gc(args.skip(1), &env),
         _ => {}
     }
     let mut root: Option<PathBuf> = None;
     let mut port = env_value(&env, "NIX_BINARY_CACHE_PORT", "port")?;
     let mut bind = env_value(&env, "NIX_BINARY_CACHE_BIND", "bind address")?;
     let mut threads = env_value(&env, "NIX_BINARY_CACHE_THREADS", "thread count")?;
+    let mut max_connections =
+        env_value(&env, "NIX_BINARY_CACHE_MAX_CONNECTIONS", "connection limit")?;
     let mut priority = env_value(&env, "NIX_BINARY_CACHE_PRIORITY", "priority")?;
     let mut rescan: Option<u64> =
         env_value(&env, "NIX_BINARY_CACHE_RESCAN_INTERVAL", "rescan interval")?;
@@ -196,14 +236,30 @@ pub fn parse(
         "NIX_BINARY_CACHE_ACCESS_LOG",
         "access log setting (on or off)",
     )?;
+    let mut allow_linked_dirs: Option<Switch> = env_value(
+        &env,
+        "NIX_BINARY_CACHE_ALLOW_LINKED_DIRS",
+        "linked directories setting (on or off)",
+    )?;
+    let mut trust_proxy_headers: Option<Switch> = env_value(
+        &env,
+        "NIX_BINARY_CACHE_TRUST_PROXY_HEADERS",
+        "proxy headers setting (on or off)",
+    )?;
+    let mut state_file = env("NIX_BINARY_CACHE_STATE_FILE")
+        .map(PathBuf::from)
+        .or_else(|| default_state_file(&env, false));
 
     let mut parser = lexopt::Parser::from_args(args);
-    let err = |e: lexopt::Error| UsageError(e.to_string());
+    let err = |e: lexopt::Error| usage(e, "--help");
     while let Some(arg) = parser.next().map_err(err)? {
         match arg {
             Short('p') | Long("port") => port = Some(value(&mut parser, "port")?),
             Long("bind") => bind = Some(value(&mut parser, "bind address")?),
             Long("threads") => threads = Some(value(&mut parser, "thread count")?),
+            Long("max-connections") => {
+                max_connections = Some(value(&mut parser, "connection limit")?)
+            }
             Long("priority") => priority = Some(value(&mut parser, "priority")?),
             Long("rescan-interval") => rescan = Some(value(&mut parser, "rescan interval")?),
             Long("log-level") => log_level = Some(value(&mut parser, "log level")?),
@@ -231,6 +287,9 @@ pub fn parse(
             Long("access-log") => {
                 access_log = Some(value(&mut parser, "access log setting (on or off)")?)
             }
+            Long("state-file") => state_file = Some(value(&mut parser, "state file")?),
+            Long("allow-linked-dirs") => allow_linked_dirs = Some(Switch(true)),
+            Long("trust-proxy-headers") => trust_proxy_headers = Some(Switch(true)),
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             Value(v) if root.is_none() => root = Some(PathBuf::from(v)),
@@ -247,6 +306,9 @@ pub fn parse(
     let root = root.ok_or_else(|| {
         UsageError("missing PATH: the cache directory to serve (try --help)".into())
     })?;
+    if max_connections == Some(0) {
+        return Err(UsageError("--max-connections must be at least 1".into()));
+    }
     if threads == Some(0) {
         return Err(UsageError("--threads must be at least 1".into()));
     }
@@ -261,6 +323,7 @@ pub fn parse(
         port: port.unwrap_or(8080),
         bind: bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
         threads,
+        max_connections,
         priority,
         rescan_interval: rescan.map(Duration::from_secs),
         watch: watch.unwrap_or_default(),
@@ -272,16 +335,19 @@ pub fn parse(
         ops: ops.unwrap_or(OpsEndpoints::Main),
         access_log: access_log.is_none_or(|s| s.0),
         timeouts: {
-            let d = nix_binary_cache::reaper::Timeouts::default();
+            let d = nix_binary_cache::server::Timeouts::default();
             let secs = |v: Option<u64>, default: Duration| {
                 v.map_or(default, |s| Duration::from_secs(s.max(1)))
             };
-            nix_binary_cache::reaper::Timeouts {
+            nix_binary_cache::server::Timeouts {
                 header: secs(header_timeout, d.header),
                 idle: secs(idle_timeout, d.idle),
                 stall: secs(stall_timeout, d.stall),
             }
         },
+        state_file,
+        allow_linked_dirs: allow_linked_dirs.is_some_and(|s| s.0),
+        trust_proxy_headers: trust_proxy_headers.is_some_and(|s| s.0),
     })))
 }
 
@@ -299,43 +365,102 @@ impl std::str::FromStr for Switch {
     }
 }
 
+pub const VERIFY_HELP: &str = "\
+nix-binary-cache verify: check a cache directory the way clients will use it
+
+USAGE:
+    nix-binary-cache verify PATH [--quick] [--allow-linked-dirs]
+
+Every narinfo must parse, its NAR must exist with the right size and (unless --quick) hash,
+every closure must be complete; stray NARs and temporaries are listed. Exit status 0: clean,
+1: problems found (one line each), 2: verify could not run.
+
+OPTIONS:
+        --quick              do not hash NARs (sizes only)
+        --allow-linked-dirs  accept nar/, log/… that are symbolic links leading outside PATH, as
+                             the server does with the same flag (without it, both refuse them)
+    -h, --help               print this help
+";
+
+pub const GC_HELP: &str = "\
+nix-binary-cache gc: remove old or least recently used paths without breaking a closure
+
+USAGE:
+    nix-binary-cache gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run] [--state-file FILE]
+
+At least one of --older-than and --max-size is needed. Referrers of what is removed are removed
+too; narinfos go first, then listings and NARs.
+
+OPTIONS:
+        --older-than DAYS  remove paths not served for DAYS days (fractions allowed: 0.5 = 12 h)
+        --max-size SIZE    then remove least recently served paths until the cache takes at most
+                           SIZE (e.g. 500G)
+        --dry-run          print the plan, remove nothing
+        --state-file FILE  when each narinfo was last served, as the server saved it (repeatable:
+                           one per replica; the latest time wins)
+                           [default: $STATE_DIRECTORY/served-times, else
+                           /var/lib/nix-binary-cache/served-times]. Without one, gc falls back to
+                           file access and modification times, and says so.
+    -h, --help             print this help
+";
+
 fn parse_verify(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
     use lexopt::prelude::*;
-    let (mut root, mut quick) = (None, false);
+    let (mut root, mut quick, mut allow_linked_dirs) = (None, false, false);
     let mut parser = lexopt::Parser::from_args(args);
-    let err = |e: lexopt::Error| UsageError(e.to_string());
-    while let Some(arg) = parser.next().map_err(err)? {
+    while let Some(arg) = parser.next().map_err(|e| usage(e, "verify --help"))? {
         match arg {
             Long("quick") => quick = true,
+            Long("allow-linked-dirs") => allow_linked_dirs = true,
+            Short('h') | Long("help") => return Ok(Command::SubHelp(VERIFY_HELP)),
             Value(v) if root.is_none() => root = Some(PathBuf::from(v)),
-            _ => return Err(err(arg.unexpected())),
+            _ => return Err(usage(arg.unexpected(), "verify --help")),
         }
     }
-    let root = root
-        .ok_or_else(|| UsageError("verify: missing PATH (usage: verify PATH [--quick])".into()))?;
-    Ok(Command::Verify { root, quick })
+    let root = root.ok_or_else(|| {
+        UsageError("verify: missing PATH (usage: verify PATH [--quick]; see verify --help)".into())
+    })?;
+    Ok(Command::Verify {
+        root,
+        quick,
+        allow_linked_dirs,
+    })
 }
 
-fn parse_gc(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
+fn parse_gc(
+    args: impl IntoIterator<Item = OsString>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Command, UsageError> {
     use lexopt::prelude::*;
     let (mut root, mut older_than_days, mut max_size, mut dry_run) = (None, None, None, false);
+    let mut state_files = Vec::new();
     let mut parser = lexopt::Parser::from_args(args);
-    let err = |e: lexopt::Error| UsageError(e.to_string());
-    while let Some(arg) = parser.next().map_err(err)? {
+    while let Some(arg) = parser.next().map_err(|e| usage(e, "gc --help"))? {
         match arg {
-            Long("older-than") => older_than_days = Some(value(&mut parser, "number of days")?),
+            Long("older-than") => {
+                let days: f64 = value(&mut parser, "number of days (e.g. 30 or 0.5)")?;
+                if !(days.is_finite() && days >= 0.0) {
+                    return Err(UsageError(format!(
+                        "invalid number of days {days}: --older-than takes days >= 0 (e.g. 30 or 0.5)"
+                    )));
+                }
+                older_than_days = Some(days);
+            }
             Long("max-size") => {
                 let text: String = value(&mut parser, "size")?;
                 max_size = Some(parse_size(&text).map_err(UsageError)?);
             }
             Long("dry-run") => dry_run = true,
+            Long("state-file") => state_files.push(value(&mut parser, "state file")?),
+            Short('h') | Long("help") => return Ok(Command::SubHelp(GC_HELP)),
             Value(v) if root.is_none() => root = Some(PathBuf::from(v)),
-            _ => return Err(err(arg.unexpected())),
+            _ => return Err(usage(arg.unexpected(), "gc --help")),
         }
     }
     let root = root.ok_or_else(|| {
         UsageError(
-            "gc: missing PATH (usage: gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run])"
+            "gc: missing PATH (usage: gc PATH [--older-than DAYS] [--max-size SIZE] [--dry-run]; \
+             see gc --help)"
                 .into(),
         )
     })?;
@@ -344,12 +469,21 @@ fn parse_gc(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageEr
             "gc needs --older-than DAYS or --max-size SIZE (or both)".into(),
         ));
     }
+    if state_files.is_empty() {
+        state_files.extend(default_state_file(env, true));
+    }
     Ok(Command::Gc {
         root,
         older_than_days,
         max_size,
         dry_run,
+        state_files,
     })
+}
+
+/// A lexopt error (unknown option, missing value…) with a pointer to the help.
+fn usage(e: lexopt::Error, help: &str) -> UsageError {
+    UsageError(format!("{e} (see {help})"))
 }
 
 /// A byte count with an optional binary suffix: `1048576`, `512K`, `512M`, `16G`, `1T`.
@@ -383,7 +517,20 @@ fn value<T: std::str::FromStr>(parser: &mut lexopt::Parser, what: &str) -> Resul
     let raw = parser.value().map_err(|e| UsageError(e.to_string()))?;
     let text = raw.to_string_lossy();
     text.parse()
-        .map_err(|_| UsageError(format!("invalid {what}: {text:?}")))
+        .map_err(|_| UsageError(format!("invalid {what}: {text:?}{}", hint(what))))
+}
+
+/// What a valid value looks like, for the options where the bare "invalid" is not enough.
+fn hint(what: &str) -> &'static str {
+    match what {
+        "port" => " (a port is a number from 1 to 65535; 0 picks a free one)",
+        "bind address" => {
+            " (an IP address is needed, e.g. 127.0.0.1, ::1, 0.0.0.0 or ::; host names are not \
+             resolved)"
+        }
+        "log level" => " (one of off, error, warn, info, debug, trace)",
+        _ => "",
+    }
 }
 
 fn env_value<T: std::str::FromStr>(
@@ -396,7 +543,7 @@ fn env_value<T: std::str::FromStr>(
         Some(text) => text
             .parse()
             .map(Some)
-            .map_err(|_| UsageError(format!("invalid {what} in {var}: {text:?}"))),
+            .map_err(|_| UsageError(format!("invalid {what} in {var}: {text:?}{}", hint(what)))),
     }
 }
 
@@ -511,7 +658,8 @@ mod tests {
             run(&["verify", "/c", "--quick"]),
             Ok(Command::Verify {
                 root: "/c".into(),
-                quick: true
+                quick: true,
+                allow_linked_dirs: false
             })
         );
         assert_eq!(
@@ -522,15 +670,50 @@ mod tests {
                 "30",
                 "--max-size",
                 "1G",
-                "--dry-run"
+                "--dry-run",
+                "--state-file",
+                "/s1",
+                "--state-file",
+                "/s2"
             ]),
             Ok(Command::Gc {
                 root: "/c".into(),
-                older_than_days: Some(30),
+                older_than_days: Some(30.0),
                 max_size: Some(1 << 30),
-                dry_run: true
+                dry_run: true,
+                state_files: vec!["/s1".into(), "/s2".into()],
             })
         );
+        // Fractional days; the state file defaults to systemd's StateDirectory=, else the unit's.
+        let Ok(Command::Gc {
+            older_than_days,
+            state_files,
+            ..
+        }) = run(&["gc", "/c", "--older-than", "0.5"])
+        else {
+            panic!()
+        };
+        assert_eq!(older_than_days, Some(0.5));
+        assert_eq!(
+            state_files,
+            vec![PathBuf::from("/var/lib/nix-binary-cache/served-times")]
+        );
+        let env = |k: &str| (k == "STATE_DIRECTORY").then(|| "/st:/other".to_string());
+        let args = ["gc", "/c", "--max-size", "1G"].map(OsString::from);
+        let Ok(Command::Gc { state_files, .. }) = parse(args, env) else {
+            panic!()
+        };
+        assert_eq!(state_files, vec![PathBuf::from("/st/served-times")]);
+        let Ok(Command::Serve(o)) = parse([OsString::from("/c")], env) else {
+            panic!()
+        };
+        assert_eq!(o.state_file, Some(PathBuf::from("/st/served-times")));
+        assert!(!o.allow_linked_dirs);
+        assert_eq!(
+            run(&["verify", "--help"]),
+            Ok(Command::SubHelp(VERIFY_HELP))
+        );
+        assert_eq!(run(&["gc", "-h"]), Ok(Command::SubHelp(GC_HELP)));
         assert!(
             run(&["gc", "/c"])
                 .unwrap_err()
@@ -545,7 +728,20 @@ mod tests {
         for (args, says) in [
             (&["--port", "x", "/c"][..], "invalid port"),
             (&["--port", "70000", "/c"][..], "invalid port"),
-            (&["--frobnicate", "/c"][..], "frobnicate"),
+            (&["-p", "99999", "/c"][..], "from 1 to 65535"),
+            (
+                &["--bind", "localhost", "/c"][..],
+                "an IP address is needed",
+            ),
+            (
+                &["--log-level", "loud", "/c"][..],
+                "off, error, warn, info, debug, trace",
+            ),
+            (&["--frobnicate", "/c"][..], "see --help"),
+            (&["verify", "/c", "--frobnicate"][..], "see verify --help"),
+            (&["gc", "/c", "--frobnicate"][..], "see gc --help"),
+            (&["gc", "/c", "--older-than", "-1"][..], "days >= 0"),
+            (&["gc", "/c", "--older-than", "soon"][..], "e.g. 30 or 0.5"),
             (&[][..], "missing PATH"),
             (&["/a", "/b"][..], "only one PATH"),
             (&["--threads", "0", "/c"][..], "at least 1"),

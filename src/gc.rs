@@ -2,7 +2,11 @@
 //!
 //! [`plan`] decides, [`execute`] deletes; a dry run is a plan alone.
 //!
-//! **When a path was last used** is the latest of its NAR's access and modification times and
+//! **When a path was last used** is, when the server keeps a served-times file (see
+//! [`crate::served_times`]; `gc --state-file`, by default the unit's `StateDirectory=`), the
+//! latest of the time it last served the narinfo and the narinfo's and NAR's modification times
+//! (when it was pushed). Without such a file gc falls back to file times, and says so:
+//! the latest of its NAR's access and modification times and
 //! its narinfo's modification time. The access time is the "used" part: every download reads the
 //! NAR (`sendfile` updates it like `read`). It is only as good as the mount allows: with the
 //! default `relatime` an access time moves at most once a day for a file read again and again,
@@ -41,6 +45,7 @@ use rayon::prelude::*;
 
 use crate::cache_info::CacheInfo;
 use crate::files::{self, Version};
+use crate::served_times::ServedTimes;
 use crate::verify::{self, Entry, Problem, in_file};
 
 /// A narinfo-less NAR younger than this may be an upload whose narinfo is still to come.
@@ -117,6 +122,17 @@ pub struct Plan {
     /// Narinfos that do not parse or name another path: left alone, with the NARs they name
     /// (run `verify`).
     pub skipped: Vec<PathBuf>,
+    /// What "last used" was judged by.
+    pub recency: Recency,
+}
+
+/// Where [`plan`] learned when paths were last used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recency {
+    /// The server's record of when it served each narinfo (paths it holds: `known`).
+    Served { known: usize },
+    /// File access and modification times: no served-times record was given.
+    FileTimes,
 }
 
 /// What [`execute`] did.
@@ -133,8 +149,18 @@ pub struct Outcome {
     pub kept: usize,
 }
 
-/// Decides what to remove from the cache at `root`; deletes nothing.
+/// Decides what to remove from the cache at `root`, judging use by file times; deletes nothing.
 pub fn plan(root: &Path, policy: &GcPolicy, now: SystemTime) -> io::Result<Plan> {
+    plan_with(root, policy, now, None)
+}
+
+/// Like [`plan`], with the server's record of when it served each narinfo, if there is one.
+pub fn plan_with(
+    root: &Path,
+    policy: &GcPolicy,
+    now: SystemTime,
+    served: Option<&ServedTimes>,
+) -> io::Result<Plan> {
     if policy.older_than.is_none() && policy.max_size.is_none() {
         let msg = "gc needs --older-than DAYS or --max-size SIZE (or both); \
                    without a limit it would remove nothing";
@@ -151,7 +177,7 @@ pub fn plan(root: &Path, policy: &GcPolicy, now: SystemTime) -> io::Result<Plan>
         let msg = format!("{p}; gc must read every narinfo: run it as the cache's owner");
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, msg));
     }
-    let candidates = gather(root, scan.entries)?;
+    let candidates = gather(root, scan.entries, served)?;
 
     let mut selection = Selection::new(&candidates, &scan.salvaged_urls);
     let size_before = selection.size;
@@ -178,6 +204,10 @@ pub fn plan(root: &Path, policy: &GcPolicy, now: SystemTime) -> io::Result<Plan>
         size_before,
         size_after: size_before.saturating_sub(bytes),
         skipped: scan.broken.iter().map(|p| p.file().to_path_buf()).collect(),
+        recency: match served {
+            Some(times) => Recency::Served { known: times.len() },
+            None => Recency::FileTimes,
+        },
     })
 }
 
@@ -239,10 +269,14 @@ impl Candidate {
 }
 
 /// Looks up the files and times of every valid path, in parallel; sorted least recent first.
-fn gather(root: &Path, entries: Vec<Entry>) -> io::Result<Vec<Candidate>> {
+fn gather(
+    root: &Path,
+    entries: Vec<Entry>,
+    served: Option<&ServedTimes>,
+) -> io::Result<Vec<Candidate>> {
     let found: io::Result<Vec<Option<Candidate>>> = entries
         .into_par_iter()
-        .map(|entry| gather_one(root, entry))
+        .map(|entry| gather_one(root, entry, served))
         .collect();
     let mut candidates: Vec<Candidate> = found?.into_iter().flatten().collect();
     candidates.sort_by(|a, b| (a.last_used, &a.entry.hash).cmp(&(b.last_used, &b.entry.hash)));
@@ -250,7 +284,11 @@ fn gather(root: &Path, entries: Vec<Entry>) -> io::Result<Vec<Candidate>> {
 }
 
 /// `None` if the narinfo vanished since the scan.
-fn gather_one(root: &Path, entry: Entry) -> io::Result<Option<Candidate>> {
+fn gather_one(
+    root: &Path,
+    entry: Entry,
+    served: Option<&ServedTimes>,
+) -> io::Result<Option<Candidate>> {
     let Some((narinfo, narinfo_meta)) = stat(&entry.file)? else {
         return Ok(None);
     };
@@ -263,7 +301,19 @@ fn gather_one(root: &Path, entry: Entry) -> io::Result<Option<Candidate>> {
     };
     let mut last_used = modified(&narinfo_meta);
     if let Some((_, meta)) = &nar {
-        last_used = last_used.max(modified(meta)).max(accessed(meta));
+        last_used = last_used.max(modified(meta));
+    }
+    match served {
+        // The server's record: access times, which a read-only mount never updates, are out.
+        Some(times) => {
+            let secs = times.get(&entry.hash).unwrap_or(0);
+            last_used = last_used.max(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        }
+        None => {
+            if let Some((_, meta)) = &nar {
+                last_used = last_used.max(accessed(meta));
+            }
+        }
     }
     Ok(Some(Candidate {
         entry,

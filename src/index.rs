@@ -24,7 +24,7 @@ use crate::nix32;
 use crate::signing::{self, SigningKey};
 
 /// Key of the map: the 20 bytes behind a 32-character store hash.
-type Key = [u8; 20];
+pub(crate) type Key = [u8; 20];
 
 /// One `<hash>.narinfo` known to be in the directory. Its contents are read on first use, or
 /// by the background read that follows a scan: a scan itself only lists names, so that every
@@ -37,6 +37,9 @@ pub struct Entry {
     /// The file as read; `None` if it could not be served when it was read (gone,
     /// malformed, unreadable: the log says which).
     content: OnceLock<Option<Content>>,
+    /// When it was last served, in Unix seconds (0: not since it was loaded); for gc's
+    /// least-recently-used order, see [`crate::served_times`].
+    served_unix: AtomicU64,
 }
 
 /// A narinfo file's bytes and what the server needs to know about them.
@@ -58,6 +61,7 @@ impl Entry {
         Entry {
             key,
             content: OnceLock::new(),
+            served_unix: AtomicU64::new(0),
         }
     }
 
@@ -65,6 +69,7 @@ impl Entry {
         Entry {
             key,
             content: OnceLock::from(Some(content)),
+            served_unix: AtomicU64::new(0),
         }
     }
 
@@ -183,7 +188,8 @@ pub struct ScanStats {
 pub struct Index {
     root: PathBuf,
     store_dir: String,
-    sign_keys: Vec<SigningKey>,
+    /// Replaced on `SIGHUP` by [`Index::set_sign_keys`].
+    sign_keys: RwLock<Arc<[SigningKey]>>,
     map: RwLock<Map>,
     /// Malformed files already warned about, so that each is reported once per version.
     broken: Mutex<HashMap<Key, Version>>,
@@ -239,7 +245,7 @@ impl Index {
         Index {
             root: root.to_path_buf(),
             store_dir: store_dir.to_string(),
-            sign_keys,
+            sign_keys: RwLock::new(sign_keys.into()),
             map: RwLock::new(Map::default()),
             broken: Mutex::new(HashMap::new()),
             last_scan: Mutex::new(ScanStats::default()),
@@ -458,16 +464,77 @@ impl Index {
     }
 
     /// The bytes to send for `entry` (found by [`Index::get`]): signed with our keys the first
-    /// time, then kept.
+    /// time, then kept. Notes the time, for [`Index::served_times`].
     pub fn served(&self, entry: &Entry) -> Served {
+        let now = unix_now();
+        // A load first: the cache line stays shared while the second has not changed.
+        if entry.served_unix.load(Ordering::Relaxed) != now {
+            entry.served_unix.store(now, Ordering::Relaxed);
+        }
         match entry.loaded() {
             Some(c) => c.served.get_or_init(|| self.sign(&c.raw)).clone(),
             None => Served::of(Arc::from(&b""[..])), // Never: `get` only returns read entries.
         }
     }
 
+    /// Every entry's key and when it was last served (0 if not since it was loaded).
+    pub(crate) fn served_times(&self) -> Vec<(Key, u64)> {
+        self.read_map()
+            .iter()
+            .map(|s| (s.0.key, s.0.served_unix.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    fn keys(&self) -> Arc<[SigningKey]> {
+        self.sign_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Signs with `keys` from now on. Every entry's signed bytes were made with the old keys:
+    /// each is replaced by one with the same file contents and no signed bytes yet (no file is
+    /// read again, and no lookup meanwhile misses what the map holds).
+    // See `rescan` for why the set's key type is fine.
+    #[allow(clippy::mutable_key_type)]
+    pub fn set_sign_keys(&self, keys: Vec<SigningKey>) -> io::Result<ScanStats> {
+        let unsigned = keys.is_empty();
+        *self.sign_keys.write().unwrap_or_else(|e| e.into_inner()) = keys.into();
+        let _writes = lock(&self.writes);
+        let mut map = self.write_map();
+        let fresh: Map = map
+            .drain()
+            .map(|Slot(old)| match old.loaded() {
+                Some(c) => {
+                    let served = OnceLock::new();
+                    if unsigned {
+                        let _ = served.set(Served::of(c.raw.clone()));
+                    }
+                    let entry = Entry::read(
+                        old.key,
+                        Content {
+                            raw: c.raw.clone(),
+                            version: c.version,
+                            file_size: c.file_size,
+                            served,
+                            checked_ms: AtomicU64::new(c.checked_ms.load(Ordering::Relaxed)),
+                        },
+                    );
+                    let last = old.served_unix.load(Ordering::Relaxed);
+                    entry.served_unix.store(last, Ordering::Relaxed);
+                    Slot(Arc::new(entry))
+                }
+                // Not read yet (or unservable): nothing was signed.
+                None => Slot(old),
+            })
+            .collect();
+        *map = fresh;
+        Ok(self.last_scan())
+    }
+
     fn sign(&self, raw: &Arc<[u8]>) -> Served {
-        if self.sign_keys.is_empty() {
+        let keys = self.keys();
+        if keys.is_empty() {
             return Served::of(raw.clone());
         }
         // `load` only keeps files that are UTF-8 and parse.
@@ -475,7 +542,7 @@ impl Index {
         let signed = NarInfo::parse(text, &self.store_dir)
             .map_err(|e| e.to_string())
             .and_then(|info| {
-                signing::sign_narinfo(text, &info, &self.sign_keys, &self.store_dir)
+                signing::sign_narinfo(text, &info, &keys, &self.store_dir)
                     .map_err(|e| e.to_string())
             });
         match signed {
@@ -513,7 +580,7 @@ impl Index {
         let file_size = info.file_size.unwrap_or(0);
         let raw: Arc<[u8]> = Arc::from(text.into_bytes());
         let served = OnceLock::new();
-        if self.sign_keys.is_empty() {
+        if self.keys().is_empty() {
             // Nothing to add: serve the file's bytes, no second copy.
             let _ = served.set(Served::of(raw.clone()));
         }
@@ -584,6 +651,13 @@ impl Index {
         *lock(&self.last_scan) = stats;
         self.counters.rescans.fetch_add(1, Ordering::Relaxed);
         Ok(stats)
+    }
+
+    /// Records how many files the read after a scan dropped (for the skipped-narinfos gauge).
+    pub fn note_skipped(&self, skipped: usize) {
+        let mut last = lock(&self.last_scan);
+        last.skipped = skipped;
+        last.entries = last.entries.saturating_sub(skipped);
     }
 
     /// Marks the first scan as ended, for [`Index::wait_first_scan`].
@@ -737,6 +811,12 @@ pub fn narinfo_hash(name: &[u8]) -> Option<&[u8; 32]> {
 /// finishes its change before anything can panic).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// FNV-1a, 64 bits: a stable, cheap fingerprint for entity tags.

@@ -2,10 +2,15 @@
 
 use std::fmt::Write;
 
+use tiny_http::Header;
+
 /// What the page shows.
 pub struct Facts<'a> {
-    /// The `Host` header, to write ready-to-paste configuration.
+    /// The `Host` header (or a trusted proxy's `X-Forwarded-Host`), to write ready-to-paste
+    /// configuration.
     pub host: Option<&'a str>,
+    /// `http`, or `https` when a trusted proxy says so with `X-Forwarded-Proto`.
+    pub scheme: &'a str,
     pub cache_info: &'a str,
     pub paths: usize,
     pub nar_bytes: u64,
@@ -16,8 +21,8 @@ pub struct Facts<'a> {
 /// The HTML page; every value from outside is escaped.
 pub fn render(f: &Facts) -> String {
     let base = match f.host {
-        Some(h) if !h.is_empty() => format!("http://{h}"),
-        _ => "http://THIS-HOST:PORT".to_string(),
+        Some(h) if !h.is_empty() => format!("{}://{h}", f.scheme),
+        _ => format!("{}://THIS-HOST:PORT", f.scheme),
     };
     let mut conf = format!("substituters = {base} https://cache.nixos.org\n");
     if !f.public_keys.is_empty() {
@@ -28,7 +33,12 @@ pub fn render(f: &Facts) -> String {
         );
     }
     let keys = if f.public_keys.is_empty() {
-        "<p>This cache adds no signatures of its own; narinfos carry the signatures they were uploaded with.</p>".to_string()
+        "<p id=\"unsigned\" style=\"border-left:4px solid #c60;padding-left:.8em\"><strong>Unsigned:</strong> \
+this server adds no signatures of its own; narinfos carry only the signatures they were uploaded \
+with. Nix clients check signatures by default (<code>require-sigs = true</code>) and ignore \
+paths not signed by a key in their <code>trusted-public-keys</code>, so they cannot use this \
+cache unless its paths were signed by a key they trust. The operator can start the server with \
+<code>--sign-key</code>.</p>".to_string()
     } else {
         let items: String = f
             .public_keys
@@ -64,6 +74,36 @@ pre{{background:#f4f4f4;padding:.8em;white-space:pre-wrap;overflow-wrap:anywhere
     )
 }
 
+/// Where clients reach this server: `(scheme, host)`. The `Host` header and plain `http`,
+/// unless `trust_proxy` (the operator's `--trust-proxy-headers`: a proxy in front sets these
+/// and strips clients' own) lets `X-Forwarded-Proto` and `X-Forwarded-Host` say otherwise.
+/// Values that are not a plain scheme or host name are ignored.
+pub fn origin(headers: &[Header], trust_proxy: bool) -> (&'static str, Option<&str>) {
+    let header = |name: &'static str| {
+        headers
+            .iter()
+            .find(|h| h.field.equiv(name))
+            .map(|h| h.value.as_str())
+    };
+    // A proxy chain appends: the first value is the one the client's proxy saw.
+    let first = |v: &'static str| header(v).and_then(|v| v.split(',').next()).map(str::trim);
+    let host = header("Host");
+    if !trust_proxy {
+        return ("http", host);
+    }
+    let scheme = match first("X-Forwarded-Proto") {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    let is_host = |h: &&str| {
+        !h.is_empty()
+            && h.len() <= 255
+            && h.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b".-:[]".contains(&c))
+    };
+    (scheme, first("X-Forwarded-Host").filter(is_host).or(host))
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -96,6 +136,7 @@ mod tests {
         let keys = vec!["test-cache-1:abc=".to_string()];
         let page = render(&Facts {
             host: Some("cache.example:8080<script>"),
+            scheme: "http",
             cache_info: "StoreDir: /nix/store\n",
             paths: 3,
             nar_bytes: 1536,
@@ -109,5 +150,39 @@ mod tests {
         assert!(!page.contains("<script>"));
         assert!(page.contains("nix copy --to"));
         assert_eq!(human_bytes(10), "10 B");
+        assert!(!page.contains("id=\"unsigned\""));
+    }
+
+    #[test]
+    fn an_unsigned_cache_is_flagged() {
+        let page = render(&Facts {
+            host: None,
+            scheme: "https",
+            cache_info: "",
+            paths: 0,
+            nar_bytes: 0,
+            public_keys: &[],
+            uploads: false,
+        });
+        assert!(page.contains("id=\"unsigned\"") && page.contains("require-sigs"));
+        assert!(page.contains("substituters = https://THIS-HOST:PORT"));
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_from_a_trusted_proxy() {
+        let h = |n: &str, v: &str| Header::from_bytes(n, v).unwrap();
+        let headers = vec![
+            h("Host", "10.0.0.5:8080"),
+            h("X-Forwarded-Proto", "https"),
+            h("X-Forwarded-Host", "cache.example.org, 10.0.0.1"),
+        ];
+        assert_eq!(origin(&headers, false), ("http", Some("10.0.0.5:8080")));
+        assert_eq!(origin(&headers, true), ("https", Some("cache.example.org")));
+        let odd = vec![
+            h("Host", "a"),
+            h("X-Forwarded-Proto", "gopher"),
+            h("X-Forwarded-Host", "evil\"host"),
+        ];
+        assert_eq!(origin(&odd, true), ("http", Some("a")));
     }
 }

@@ -24,19 +24,28 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => fail(&message),
         },
-        Ok(cli::Command::Verify { root, quick }) => run_verify(&root, quick),
+        Ok(cli::Command::SubHelp(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(cli::Command::Verify {
+            root,
+            quick,
+            allow_linked_dirs,
+        }) => run_verify(&root, quick, allow_linked_dirs),
         Ok(cli::Command::Gc {
             root,
             older_than_days,
             max_size,
             dry_run,
-        }) => run_gc(&root, older_than_days, max_size, dry_run),
+            state_files,
+        }) => run_gc(&root, older_than_days, max_size, dry_run, &state_files),
         Err(e) => fail(&e.0),
     }
 }
 
 /// `verify`: exit 0 when the cache is sound, 1 when problems were found, 2 when it cannot run.
-fn run_verify(root: &std::path::Path, quick: bool) -> ExitCode {
+fn run_verify(root: &std::path::Path, quick: bool, allow_linked_dirs: bool) -> ExitCode {
     use std::io::IsTerminal;
     let tty = std::io::stderr().is_terminal();
     let mut last_draw = std::time::Instant::now();
@@ -51,7 +60,10 @@ fn run_verify(root: &std::path::Path, quick: bool) -> ExitCode {
             last_draw = std::time::Instant::now();
         }
     };
-    let options = nix_binary_cache::verify::VerifyOptions { quick };
+    let options = nix_binary_cache::verify::VerifyOptions {
+        quick,
+        allow_linked_dirs,
+    };
     match nix_binary_cache::verify::verify(root, &options, &mut progress) {
         Ok(report) => {
             if tty {
@@ -80,19 +92,44 @@ fn run_verify(root: &std::path::Path, quick: bool) -> ExitCode {
 /// `gc`: prints what goes (and with `--dry-run` stops there).
 fn run_gc(
     root: &std::path::Path,
-    days: Option<u64>,
+    days: Option<f64>,
     max_size: Option<u64>,
     dry_run: bool,
+    state_files: &[std::path::PathBuf],
 ) -> ExitCode {
     use nix_binary_cache::gc;
     let policy = gc::GcPolicy {
-        older_than: days.map(|d| std::time::Duration::from_secs(d * 86400)),
+        older_than: days.map(|d| std::time::Duration::from_secs_f64(d * 86400.0)),
         max_size,
     };
-    let plan = match gc::plan(root, &policy, std::time::SystemTime::now()) {
+    let served = match served_times(state_files) {
+        Ok(served) => served,
+        Err(e) => return fail(&format!("gc {}: {e}", root.display())),
+    };
+    let plan = match gc::plan_with(root, &policy, std::time::SystemTime::now(), served.as_ref()) {
         Ok(plan) => plan,
         Err(e) => return fail(&format!("gc {}: {e}", root.display())),
     };
+    match plan.recency {
+        gc::Recency::Served { known } => println!(
+            "last use: when the server last served each narinfo ({known} paths recorded in {})",
+            state_files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        gc::Recency::FileTimes => println!(
+            "last use: file access and modification times, as no served-times file exists ({}); \
+             access times are coarse and never move on a read-only mount: give the server a \
+             --state-file (the unit's StateDirectory= does) and gc the same file",
+            state_files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
     for p in &plan.paths {
         println!("remove {} ({} bytes): {}", p.store_path, p.bytes, p.reason);
     }
@@ -123,6 +160,19 @@ fn run_gc(
     }
 }
 
+/// The servers' records of when they served each narinfo, merged; `None` if no file exists.
+fn served_times(
+    files: &[std::path::PathBuf],
+) -> std::io::Result<Option<nix_binary_cache::served_times::ServedTimes>> {
+    let mut merged: Option<nix_binary_cache::served_times::ServedTimes> = None;
+    for file in files {
+        if let Some(times) = nix_binary_cache::served_times::ServedTimes::load(file)? {
+            merged.get_or_insert_default().merge(times);
+        }
+    }
+    Ok(merged)
+}
+
 /// One line on stderr and exit status 2: what went wrong and, where possible, what to do.
 fn fail(message: &str) -> ExitCode {
     eprintln!("nix-binary-cache: error: {message}");
@@ -131,9 +181,9 @@ fn fail(message: &str) -> ExitCode {
 
 fn serve(options: cli::Options) -> Result<(), String> {
     init_logging(options.log_level, options.access_log);
-    // Block SIGINT/SIGTERM before any thread starts, so every thread inherits the mask and
-    // only `wait_for_stop_signal` below receives them.
-    let signals = block_stop_signals();
+    // Block SIGINT/SIGTERM/SIGHUP before any thread starts, so every thread inherits the mask
+    // and only `wait_for_signal` below receives them.
+    let signals = block_signals();
 
     raise_open_file_limit();
     let listeners = listeners(&options)?;
@@ -145,6 +195,9 @@ fn serve(options: cli::Options) -> Result<(), String> {
     config.watch = options.watch;
     config.sign_keys = load_keys(&options.sign_keys)?;
     config.uploads = upload_config(&options)?;
+    config.served_times_file = options.state_file.clone();
+    config.allow_linked_dirs = options.allow_linked_dirs;
+    config.trust_proxy_headers = options.trust_proxy_headers;
     let cache = Cache::open(config).map_err(|e| e.to_string())?;
 
     let mut pool = PoolConfig::default();
@@ -156,12 +209,17 @@ fn serve(options: cli::Options) -> Result<(), String> {
     pool.shutdown_listener = !from_systemd;
     pool.ops_endpoints = options.ops == cli::OpsEndpoints::Main;
     pool.timeouts = options.timeouts;
+    if let Some(n) = options.max_connections {
+        pool.max_connections = n;
+    }
     if let cli::OpsEndpoints::Separate(addr) = options.ops {
         let listener =
             server::bind(addr).map_err(|e| format!("cannot listen for /metrics on {addr}: {e}"))?;
-        server::start_ops_listener(listener, cache.clone()).map_err(|e| e.to_string())?;
+        server::start_ops_listener(listener, cache.clone(), options.timeouts)
+            .map_err(|e| e.to_string())?;
         log::info!("/metrics and /health on http://{addr}");
     }
+    let reloadable = cache.clone();
     let mount = Mount::new("/", cache.clone());
     let mut running = Vec::new();
     for listener in listeners.sockets {
@@ -195,7 +253,12 @@ fn serve(options: cli::Options) -> Result<(), String> {
         log::warn!("could not start the readiness thread ({e}); telling systemd now");
         notify("READY=1");
     }
-    let signal = wait_for_stop_signal(&signals);
+    let signal = loop {
+        match wait_for_signal(&signals) {
+            libc::SIGHUP => reload(&options, &reloadable),
+            stop => break stop,
+        }
+    };
     notify("STOPPING=1");
     log::info!("received signal {signal}, finishing in-flight requests");
     std::thread::scope(|s| {
@@ -203,8 +266,33 @@ fn serve(options: cli::Options) -> Result<(), String> {
             s.spawn(move || server.stop());
         }
     });
+    reloadable.save_served_times();
     log::info!("stopped");
     Ok(())
+}
+
+/// `SIGHUP`: reads the upload tokens and signing keys again. A file that cannot be used keeps
+/// what was loaded before, and the log says why.
+fn reload(options: &cli::Options, cache: &Cache) {
+    notify("RELOADING=1");
+    log::info!("received SIGHUP, reloading upload tokens and signing keys");
+    if let (Some(tokens), Some(file)) = (cache.upload_tokens(), &options.upload_token_file) {
+        match tokens.reload() {
+            Ok(n) => log::info!("{n} upload tokens loaded from {}", file.display()),
+            Err(e) => log::warn!("{e}; keeping the previous upload tokens"),
+        }
+    }
+    match load_keys(&options.sign_keys) {
+        Ok(keys) => match cache.set_sign_keys(keys) {
+            Ok(stats) => log::info!(
+                "signing keys reloaded; {} narinfos are signed with them when next served",
+                stats.entries
+            ),
+            Err(e) => log::warn!("signing keys reloaded, but the index rescan failed: {e}"),
+        },
+        Err(e) => log::warn!("{e}; keeping the previous signing keys"),
+    }
+    notify("READY=1");
 }
 
 /// The sockets to serve: every one systemd passed (a `.socket` unit may list several
@@ -319,7 +407,7 @@ fn init_logging(level: log::LevelFilter, access_log: bool) {
         .init();
 }
 
-fn block_stop_signals() -> libc::sigset_t {
+fn block_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; pthread_sigmask
     // only changes this thread's mask.
     unsafe {
@@ -327,14 +415,16 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
+/// Waits for SIGINT, SIGTERM (stop) or SIGHUP (reload) and says which.
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     let mut signal = 0;
-    // SAFETY: `set` was built by block_stop_signals; sigwait writes one int.
+    // SAFETY: `set` was built by block_signals; sigwait writes one int.
     unsafe { libc::sigwait(set, &mut signal) };
     signal
 }

@@ -1,19 +1,18 @@
 //! Writes a [`Response`] onto a `tiny_http` request.
 //!
-//! tiny_http's own `respond` switches to chunked encoding above 32 KiB and copies bodies in 8 KiB
-//! pieces, so we take its raw writer and write the response ourselves: always `Content-Length`,
-//! the whole head and a small body in one `write`, and file bodies with `sendfile`. Writing
-//! through tiny_http's writer first also keeps pipelined responses in order, since that writer
-//! waits for the previous response on the connection to finish.
+//! We write the head ourselves: always `Content-Length`, the whole head and a small body in one
+//! write. With our connection engine (feature `engine`, on by default) a file body goes out
+//! with `sendfile` and the response completes in the engine, which reports the outcome later;
+//! with an ordinary tiny_http 0.12 (an application embedding a [`crate::Mount`]) the body is
+//! copied through tiny_http's writer.
 
 use std::cell::RefCell;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tiny_http::{Method, Request};
 
 use crate::response::{Body, Response, reason};
-use crate::socket;
 
 /// What was sent, for the access log and metrics.
 #[derive(Debug, Clone, Copy)]
@@ -25,17 +24,21 @@ pub struct Sent {
     pub zero_copy: bool,
 }
 
-/// Sends `response` and writes the access line: client, method, path, status, body bytes,
-/// duration since `start`, and whether the body went out with `sendfile`.
+/// Sends `response`; once it is written whole (or abandoned), writes the access line (client,
+/// method, path, status, body bytes, duration since `start`, `sendfile` or `aborted: why`) and
+/// calls `finished` with what was sent (`None` if it was abandoned). That may happen later, on
+/// another thread, when the client reads slowly.
 pub fn send_logged(
     request: Request,
     response: Response,
     close: bool,
     start: Instant,
-) -> Option<Sent> {
+    finished: impl FnOnce(Option<Sent>) + Send + 'static,
+) {
     if !log::log_enabled!(target: "access", log::Level::Info) {
         // No access log: skip copying the method, URL and address for it.
-        return send(request, response, close).ok();
+        send(request, response, close, move |r| finished(r.ok()));
+        return;
     }
     let method = request.method().clone();
     let url = request.url().to_string();
@@ -43,7 +46,7 @@ pub fn send_logged(
         .remote_addr()
         .map_or_else(|| "-".to_string(), |p| p.ip().to_string());
     let status = response.status;
-    match send(request, response, close) {
+    send(request, response, close, move |result| match result {
         Ok(sent) => {
             log::info!(
                 target: "access",
@@ -53,13 +56,13 @@ pub fn send_logged(
                 start.elapsed().as_secs_f64() * 1000.0,
                 if sent.zero_copy { " sendfile" } else { "" },
             );
-            Some(sent)
+            finished(Some(sent));
         }
         Err(e) => {
             log::info!(target: "access", "{client} {method} {url} {status} aborted: {e}");
-            None
+            finished(None);
         }
-    }
+    });
 }
 
 /// How a request wants its connection handled after this response.
@@ -77,68 +80,106 @@ pub fn wants_close(request: &Request) -> bool {
     }
 }
 
-/// Writes `response` for `request`. `close` adds `Connection: close` (shutdown, HTTP/1.0).
-pub fn send(request: Request, response: Response, close: bool) -> io::Result<Sent> {
+/// Writes `response` for `request` and calls `done` with the outcome. `close` adds
+/// `Connection: close` (shutdown, refusals).
+pub fn send(
+    request: Request,
+    response: Response,
+    close: bool,
+    done: impl FnOnce(io::Result<Sent>) + Send + 'static,
+) {
     let head_only = request.method() == &Method::Head;
     let close = close || wants_close(&request);
-    let peer = request.remote_addr().copied();
     let mut head = Vec::with_capacity(256 + small_body_len(&response.body, head_only));
     write_head(&mut head, &response, close);
+    let body = if head_only {
+        Body::Empty
+    } else {
+        response.body
+    };
+    write_out(request, head, body, close, response.status, done);
+}
 
-    let mut writer = request.into_writer();
-    let status = response.status;
-    let body_len = response.body.len();
-    match response.body {
-        Body::File {
-            mut file,
-            offset,
-            len,
-        } if !head_only && len > 0 => {
-            // Wait for our turn on the connection (pipelining) before touching the socket.
-            writer.flush()?;
-            if let Some(mut sock) = peer.and_then(socket::find) {
-                let sent = socket::send_head_and_file(&mut sock, &head, &mut file, offset, len);
-                let n = sent.inspect_err(|_| {
-                    // The client was promised Content-Length bytes it will not get: end the
-                    // connection so it sees a short body now, instead of waiting on a
-                    // keep-alive connection for bytes that never come.
-                    let _ = sock.shutdown(std::net::Shutdown::Both);
-                })?;
-                return Ok(Sent {
-                    status,
-                    body_bytes: n,
-                    zero_copy: true,
-                });
-            }
-            writer.write_all(&head)?;
-            let n = copy_file(&mut file, offset, len, &mut writer)?;
-            writer.flush()?;
-            Ok(Sent {
-                status,
-                body_bytes: n,
-                zero_copy: false,
-            })
-        }
-        Body::Bytes(data, range) if !head_only => {
-            head.extend_from_slice(&data[range]);
-            writer.write_all(&head)?;
-            writer.flush()?;
-            Ok(Sent {
-                status,
-                body_bytes: body_len,
-                zero_copy: false,
-            })
-        }
-        _ => {
-            writer.write_all(&head)?;
-            writer.flush()?;
-            Ok(Sent {
-                status,
-                body_bytes: 0,
-                zero_copy: false,
-            })
-        }
+/// The engine's way: head and small bodies buffered, files by `sendfile`, and the rest of a
+/// response the socket cannot take now left to the engine.
+#[cfg(feature = "engine")]
+fn write_out(
+    request: Request,
+    mut head: Vec<u8>,
+    body: Body,
+    close: bool,
+    status: u16,
+    done: impl FnOnce(io::Result<Sent>) + Send + 'static,
+) {
+    let head_len = head.len() as u64;
+    let zero_copy = matches!(&body, Body::File { len, .. } if *len > 0);
+    let mut writer = request.into_response_writer();
+    if close {
+        writer.close_after();
     }
+    writer.on_done(move |result| {
+        done(result.map(|written| Sent {
+            status,
+            body_bytes: written.saturating_sub(head_len),
+            zero_copy,
+        }))
+    });
+    let queued = match body {
+        Body::File { file, offset, len } if len > 0 => writer
+            .send_bytes(head)
+            .and_then(|()| writer.send_file(file, offset, len)),
+        Body::Bytes(data, range) => {
+            head.extend_from_slice(&data[range]);
+            writer.send_bytes(head)
+        }
+        _ => writer.send_bytes(head),
+    };
+    if let Err(e) = queued {
+        log::debug!("queueing a response failed: {e}");
+    }
+    writer.finish();
+}
+
+/// Through an ordinary tiny_http's writer: the body is copied.
+#[cfg(not(feature = "engine"))]
+fn write_out(
+    request: Request,
+    mut head: Vec<u8>,
+    body: Body,
+    _close: bool,
+    status: u16,
+    done: impl FnOnce(io::Result<Sent>) + Send + 'static,
+) {
+    let mut writer = request.into_writer();
+    let result = (|| {
+        let body_bytes = match body {
+            Body::File {
+                mut file,
+                offset,
+                len,
+            } => {
+                writer.write_all(&head)?;
+                copy_file(&mut file, offset, len, &mut writer)?
+            }
+            Body::Bytes(data, range) => {
+                let n = range.len() as u64;
+                head.extend_from_slice(&data[range]);
+                writer.write_all(&head)?;
+                n
+            }
+            Body::Empty => {
+                writer.write_all(&head)?;
+                0
+            }
+        };
+        writer.flush()?;
+        Ok(Sent {
+            status,
+            body_bytes,
+            zero_copy: false,
+        })
+    })();
+    done(result);
 }
 
 fn small_body_len(body: &Body, head_only: bool) -> usize {
@@ -185,13 +226,15 @@ fn with_date(f: impl FnOnce(&str)) {
     });
 }
 
-/// Fallback when the socket cannot be reached: copy in large chunks.
+/// Copies `len` bytes of `file` from `offset` in large chunks (no `sendfile` without the engine).
+#[cfg(not(feature = "engine"))]
 fn copy_file(
     file: &mut std::fs::File,
     offset: u64,
     len: u64,
     out: &mut dyn Write,
 ) -> io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
     file.seek(SeekFrom::Start(offset))?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut left = len;

@@ -1,14 +1,17 @@
 //! The standalone server: a listening socket, a fixed pool of worker threads and a clean stop.
 //!
-//! tiny_http reads requests on its own per-connection threads and queues them; our workers take
-//! them off the queue and answer. Large file bodies are handed to a short-lived transfer thread
-//! so that a slow download never holds a worker that narinfo requests are waiting for.
+//! The workers are the connection engine's threads (`crates/tiny_http`): each waits for a
+//! connection event itself, reads and parses the request, and answers it on the same thread.
+//! A response the client cannot take at once is left to the engine, which finishes it when the
+//! socket is writable, so no download holds a worker. Uploads read a body from the network and
+//! run on a thread of their own.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,27 +20,43 @@ use tiny_http::Request;
 use crate::cache::Cache;
 use crate::metrics::Kind;
 use crate::mount::Mount;
-use crate::reaper::{Reaper, Timeouts};
-use crate::response::{Body, Response};
+use crate::response::Response;
 
-/// Bodies at least this large go out on a transfer thread.
-const HANDOFF_BYTES: u64 = 256 * 1024;
+/// When quiet connections and stalled transfers are cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A request head must arrive whole within this time.
+    pub header: Duration,
+    /// A keep-alive connection may sit between requests this long.
+    pub idle: Duration,
+    /// A response (or an upload's body) with no progress for this long is abandoned.
+    pub stall: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+            stall: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Settings of the worker pool.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// Worker threads answering requests.
     pub threads: usize,
-    /// Most file transfers running on their own threads at once; past it workers send inline.
-    pub max_transfers: usize,
     /// How long a stop waits for in-flight responses.
     pub grace: Duration,
     /// Answer `/metrics` and `/health` on this listener (before the mount's routes).
     pub ops_endpoints: bool,
     /// Shut the listening socket down on stop; off for sockets systemd passed us.
     pub shutdown_listener: bool,
-    /// When quiet connections and stalled transfers are cut off.
     pub timeouts: Timeouts,
+    /// Open connections at most; more are closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for PoolConfig {
@@ -45,11 +64,23 @@ impl Default for PoolConfig {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         PoolConfig {
             threads: (cores * 2).max(4),
-            max_transfers: 1024,
             grace: Duration::from_secs(10),
             ops_endpoints: true,
             shutdown_listener: true,
             timeouts: Timeouts::default(),
+            max_connections: tiny_http::Limits::default().max_connections,
+        }
+    }
+}
+
+impl PoolConfig {
+    fn limits(&self) -> tiny_http::Limits {
+        tiny_http::Limits {
+            header_timeout: self.timeouts.header,
+            idle_timeout: self.timeouts.idle,
+            stall_timeout: self.timeouts.stall,
+            max_connections: self.max_connections,
+            ..tiny_http::Limits::default()
         }
     }
 }
@@ -87,7 +118,6 @@ pub struct Running {
     server: Arc<tiny_http::Server>,
     listener_fd: TcpListener,
     stopping: Arc<AtomicBool>,
-    transfers: Arc<AtomicUsize>,
     workers: Vec<JoinHandle<()>>,
     grace: Duration,
     local_addr: SocketAddr,
@@ -98,25 +128,20 @@ pub struct Running {
 pub fn start(listener: TcpListener, mount: Mount, pool: PoolConfig) -> io::Result<Running> {
     let local_addr = listener.local_addr()?;
     let listener_fd = listener.try_clone()?;
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    let server = Arc::new(server);
+    let server = Arc::new(tiny_http::Server::with_limits(listener, pool.limits())?);
     let stopping = Arc::new(AtomicBool::new(false));
-    let transfers = Arc::new(AtomicUsize::new(0));
     let mount = Arc::new(mount);
-    let reaper = Reaper::new(local_addr, pool.timeouts);
-    reaper.start();
-    crate::socket::set_stall_timeout(pool.timeouts.stall);
+    let weak = Arc::downgrade(&server);
+    mount
+        .cache()
+        .add_connection_gauge(move || weak.upgrade().map_or(0, |s| s.num_connections()));
     let workers = (0..pool.threads.max(1))
         .map(|i| {
             let worker = Worker {
                 server: server.clone(),
                 mount: mount.clone(),
                 stopping: stopping.clone(),
-                transfers: transfers.clone(),
-                max_transfers: pool.max_transfers,
                 ops_endpoints: pool.ops_endpoints,
-                reaper: reaper.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
@@ -127,7 +152,6 @@ pub fn start(listener: TcpListener, mount: Mount, pool: PoolConfig) -> io::Resul
         server,
         listener_fd,
         stopping,
-        transfers,
         workers,
         grace: pool.grace,
         local_addr,
@@ -140,14 +164,15 @@ impl Running {
         self.local_addr
     }
 
-    /// Stops accepting, lets queued and in-flight responses finish (up to the grace period),
-    /// and returns. Responses sent meanwhile carry `Connection: close`.
+    /// Stops accepting, lets in-flight responses finish (up to the grace period), and returns.
+    /// Connections close once their current response is out.
     pub fn stop(self) {
         let deadline = Instant::now() + self.grace;
         self.stopping.store(true, Ordering::SeqCst);
-        // Wakes tiny_http's accept() with an error, which ends its accept loop.
+        self.server.stop_accepting();
         if self.shutdown_listener {
-            // SAFETY: plain shutdown(2) on a descriptor we own.
+            // SAFETY: plain shutdown(2) on a descriptor we own; refuses new connections now
+            // instead of leaving them in the backlog.
             unsafe { libc::shutdown(self.listener_fd.as_raw_fd(), libc::SHUT_RD) };
         }
         for w in self.workers {
@@ -155,14 +180,14 @@ impl Running {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        while self.transfers.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        while self.server.requests_in_flight() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let left = self.transfers.load(Ordering::SeqCst);
+        let left = self.server.requests_in_flight();
         if left > 0 {
-            log::warn!("stopping with {left} transfers still running after the grace period");
+            log::warn!("stopping with {left} responses still running after the grace period");
         }
-        drop(self.server);
+        self.server.unblock();
     }
 }
 
@@ -170,10 +195,7 @@ struct Worker {
     server: Arc<tiny_http::Server>,
     mount: Arc<Mount>,
     stopping: Arc<AtomicBool>,
-    transfers: Arc<AtomicUsize>,
-    max_transfers: usize,
     ops_endpoints: bool,
-    reaper: Arc<Reaper>,
 }
 
 impl Worker {
@@ -181,15 +203,21 @@ impl Worker {
         loop {
             let stopping = self.stopping.load(Ordering::SeqCst);
             match self.server.recv_timeout(Duration::from_millis(200)) {
-                Ok(Some(request)) => self.handle(request, stopping),
-                // Idle: during a stop, the queue is drained, so this worker is done.
-                Ok(None) if stopping => return,
-                Ok(None) => {}
-                Err(e) if self.stopping.load(Ordering::SeqCst) => {
-                    log::debug!("listener closed: {e}");
+                Ok(Some(request)) => {
+                    // A panic answering one request costs that connection (the request's drop
+                    // answers 500 and closes it), not the worker.
+                    let handled = catch_unwind(AssertUnwindSafe(|| self.handle(request, stopping)));
+                    if handled.is_err() {
+                        log::error!("a request handler panicked; its connection was closed");
+                    }
                 }
+                // Quiet during a stop, and every response is out (the workers are also what
+                // carries a parked download to its end).
+                Ok(None) if stopping && self.server.requests_in_flight() == 0 => return,
+                Ok(None) => {}
+                Err(_) if self.stopping.load(Ordering::SeqCst) => return,
                 Err(e) => {
-                    log::error!("accepting connections failed: {e}");
+                    log::error!("waiting for requests failed: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
@@ -197,64 +225,44 @@ impl Worker {
     }
 
     fn handle(&self, request: Request, close: bool) {
-        // Marks the connection busy for the reaper until the response is written.
-        let busy = request.remote_addr().map(|peer| self.reaper.begin(*peer));
         if self.ops_endpoints
             && let Some(response) = ops_response(self.mount.cache(), request.url())
         {
-            crate::send::send_logged(request, response, close, Instant::now());
+            crate::send::send_logged(request, response, close, Instant::now(), |_| {});
             return;
         }
         let Some((cache, path)) = self.mount.route(request.url()) else {
             let response = crate::Response::text(404, "not in this cache")
                 .header("Cache-Control", "public, max-age=5");
-            crate::send::send_logged(request, response, close, Instant::now());
+            crate::send::send_logged(request, response, close, Instant::now(), |_| {});
             return;
         };
         if request.method() == &tiny_http::Method::Put && cache.accepts_uploads() {
-            // Uploads read a body from the network: keep them off the workers.
-            let (cache, path) = (cache.clone(), path.into_owned());
+            // Uploads wait for a body from the network: keep them off the workers.
+            let path = path.into_owned();
+            let (upload_cache, upload_path) = (cache.clone(), path.clone());
+            let slot = Arc::new(std::sync::Mutex::new(Some(request)));
+            let handed = slot.clone();
             let spawned = std::thread::Builder::new()
                 .name("upload".into())
                 .spawn(move || {
-                    cache.serve(request, &path, close);
-                    drop(busy);
+                    if let Some(request) = handed.lock().ok().and_then(|mut r| r.take()) {
+                        upload_cache.serve(request, &upload_path, close);
+                    }
                 });
             if let Err(e) = spawned {
-                log::error!("could not start an upload thread: {e}");
+                // No thread to be had: answer on this worker (its body reads have deadlines).
+                log::warn!("could not start an upload thread ({e}); uploading on a worker");
+                if let Some(request) = slot.lock().ok().and_then(|mut r| r.take()) {
+                    cache.serve(request, &path, close);
+                }
             }
             return;
         }
         let start = cache.request_started();
         let kind = Kind::of(&path);
         let response = cache.answer(request.method(), &path, request.headers());
-        let big = matches!(&response.body, Body::File { len, .. } if *len >= HANDOFF_BYTES);
-        if big && self.try_reserve_transfer() {
-            let transfers = self.transfers.clone();
-            let cache = cache.clone();
-            let spawned = std::thread::Builder::new()
-                .name("transfer".into())
-                .spawn(move || {
-                    cache.respond(request, response, close, start, kind);
-                    transfers.fetch_sub(1, Ordering::SeqCst);
-                    drop(busy);
-                });
-            if let Err(e) = spawned {
-                // The request went down with the closure, which makes tiny_http answer 500.
-                self.transfers.fetch_sub(1, Ordering::SeqCst);
-                log::error!("could not start a transfer thread: {e}");
-            }
-            return;
-        }
         cache.respond(request, response, close, start, kind);
-    }
-
-    fn try_reserve_transfer(&self) -> bool {
-        self.transfers
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.max_transfers).then_some(n + 1)
-            })
-            .is_ok()
     }
 }
 
@@ -282,17 +290,37 @@ pub fn ops_response(cache: &Cache, url: &str) -> Option<Response> {
 }
 
 /// Serves only `/metrics` and `/health` on a listener of their own (e.g. a private address),
-/// on one thread; returns once the thread is started.
-pub fn start_ops_listener(listener: TcpListener, cache: Cache) -> io::Result<()> {
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| io::Error::other(e.to_string()))?;
+/// on one thread of the same engine; returns once the thread is started.
+pub fn start_ops_listener(
+    listener: TcpListener,
+    cache: Cache,
+    timeouts: Timeouts,
+) -> io::Result<()> {
+    let pool = PoolConfig {
+        timeouts,
+        ..PoolConfig::default()
+    };
+    let server = tiny_http::Server::with_limits(listener, pool.limits())?;
     std::thread::Builder::new()
         .name("ops".into())
         .spawn(move || {
-            for request in server.incoming_requests() {
-                let response = ops_response(&cache, request.url())
-                    .unwrap_or_else(|| Response::text(404, "only /metrics and /health here"));
-                crate::send::send_logged(request, response, false, Instant::now());
+            loop {
+                let request = match server.recv() {
+                    Ok(request) => request,
+                    Err(e) => {
+                        log::error!("the metrics listener failed: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                let answered = catch_unwind(AssertUnwindSafe(|| {
+                    let response = ops_response(&cache, request.url())
+                        .unwrap_or_else(|| Response::text(404, "only /metrics and /health here"));
+                    crate::send::send_logged(request, response, false, Instant::now(), |_| {});
+                }));
+                if answered.is_err() {
+                    log::error!("a metrics request panicked; its connection was closed");
+                }
             }
         })?;
     Ok(())

@@ -391,7 +391,7 @@ pub fn fingerprint(info: &NarInfo, store_dir: &str) -> Result<String, Fingerprin
 
 /// Decodes a sha256 hash in any form Nix parses: SRI `sha256-<base64>`, or `sha256:` followed by
 /// nix32, base16 or base64, which Nix tells apart by length.
-fn sha256_digest(value: &str) -> Result<[u8; 32], FingerprintProblem> {
+pub(crate) fn sha256_digest(value: &str) -> Result<[u8; 32], FingerprintProblem> {
     let mut digest = [0u8; 32];
     if let Some(b64) = value.strip_prefix("sha256-") {
         decode_base64_digest(b64, &mut digest)?;

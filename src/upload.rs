@@ -2,16 +2,20 @@
 //!
 //! Each body is streamed into a temporary file beside its final name and only renamed into place
 //! once it is complete and checked: a NAR must hash to the name it is stored under, a narinfo must
-//! parse, name its own store path and point to a NAR the cache already holds. Nothing is ever
-//! deleted, and an overwrite only replaces a file with one that passed the same checks.
+//! parse, name its own store path and point to a NAR the cache already holds, and every body must
+//! have exactly its declared `Content-Length`. Nothing is ever deleted; an existing narinfo only
+//! gains signatures (store paths are immutable, see [`crate::immutable`]), and other files are
+//! only replaced by ones that passed the same checks.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
 use crate::atomic::TempFile;
 use crate::cache_info::CacheInfo;
+use crate::immutable::Replacement;
 use crate::narinfo::NarInfo;
 use crate::nix32;
 use crate::route::{FileKind, Route, route};
@@ -48,6 +52,10 @@ impl UploadError {
             UploadError::Conflict(_) => 409,
             UploadError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC) => 507,
             UploadError::Io(e) if e.raw_os_error() == Some(libc::EDQUOT) => 507,
+            // The body itself was at fault: malformed chunks, cut short, or stalled.
+            UploadError::Io(e) if e.kind() == io::ErrorKind::InvalidData => 400,
+            UploadError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => 400,
+            UploadError::Io(e) if e.kind() == io::ErrorKind::TimedOut => 408,
             UploadError::Io(_) => 500,
         }
     }
@@ -98,24 +106,28 @@ impl Target<'_> {
             return Err(UploadError::TooLarge(limit));
         }
         match route {
-            Route::CacheInfo => self.store_cache_info(body),
-            Route::NarInfo(hash) => self.store_narinfo(hash, body),
-            Route::File(FileKind::Nar, rel) => self.store_nar(rel, body, limit),
+            Route::CacheInfo => self.store_cache_info(body, declared),
+            Route::NarInfo(hash) => self.store_narinfo(hash, declared, body),
+            Route::File(FileKind::Nar, rel) => self.store_nar(rel, body, limit, declared),
             Route::File(kind, rel) => {
-                let bytes = self.store_file(rel, body, limit, |_| Ok(()))?;
+                let bytes = self.store_file(rel, body, limit, declared, |_| Ok(()))?;
                 Ok(Stored::File { kind, bytes })
             }
         }
     }
 
-    fn store_cache_info(&self, body: &mut dyn Read) -> Result<Stored, UploadError> {
+    fn store_cache_info(
+        &self,
+        body: &mut dyn Read,
+        declared: Option<u64>,
+    ) -> Result<Stored, UploadError> {
         let target = self.root.join("nix-cache-info");
         if target.exists() {
             return Err(UploadError::Conflict(
                 "this cache already has a nix-cache-info".into(),
             ));
         }
-        let text = read_text(body, MAX_METADATA_BYTES)?;
+        let text = read_text(body, MAX_METADATA_BYTES, declared)?;
         let info = CacheInfo::from_text(&text, None);
         if info.store_dir != self.store_dir {
             return Err(UploadError::Invalid(format!(
@@ -127,8 +139,13 @@ impl Target<'_> {
         Ok(Stored::CacheInfo)
     }
 
-    fn store_narinfo(&self, hash: &str, body: &mut dyn Read) -> Result<Stored, UploadError> {
-        let text = read_text(body, MAX_METADATA_BYTES)?;
+    fn store_narinfo(
+        &self,
+        hash: &str,
+        declared: Option<u64>,
+        body: &mut dyn Read,
+    ) -> Result<Stored, UploadError> {
+        let text = read_text(body, MAX_METADATA_BYTES, declared)?;
         let info = NarInfo::parse(&text, self.store_dir)
             .map_err(|e| UploadError::Invalid(format!("malformed narinfo: {e}")))?;
         if info.store_hash() != hash {
@@ -137,11 +154,72 @@ impl Target<'_> {
                 info.store_path
             )));
         }
+        if info.nar_size == 0 {
+            // Nix itself refuses such a narinfo as corrupt.
+            return Err(UploadError::Invalid(
+                "malformed narinfo: NarSize 0 (Nix rejects it)".into(),
+            ));
+        }
         self.check_nar_present(&info)?;
-        self.write_bytes(&self.root.join(format!("{hash}.narinfo")), text.as_bytes())?;
+        self.commit_narinfo(&self.root.join(format!("{hash}.narinfo")), &text, &info)?;
         Ok(Stored::NarInfo {
             hash: hash.to_string(),
         })
+    }
+
+    /// Writes a checked narinfo unless the cache holds one for another content of the same
+    /// store path (see [`crate::immutable`]): a new one is created without ever replacing a file
+    /// that appeared meanwhile, an existing one only gains the upload's new signatures.
+    fn commit_narinfo(&self, target: &Path, text: &str, info: &NarInfo) -> Result<(), UploadError> {
+        // One narinfo commit at a time in this process: reading the old file and writing the new
+        // one must not interleave with another upload of the same path. (They are tiny.)
+        static COMMIT: Mutex<()> = Mutex::new(());
+        let _one = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
+        // Two rounds at most: a file that appears between the look and the link is compared.
+        for _ in 0..2 {
+            let old = match crate::files::open_regular(target)? {
+                Some((mut file, _)) => {
+                    let mut bytes = Vec::new();
+                    file.read_to_end(&mut bytes)?;
+                    // Not UTF-8: malformed, like a file that does not parse.
+                    String::from_utf8(bytes).ok()
+                }
+                // Something that is not a regular file (a link, which is never served): replaced.
+                None if std::fs::symlink_metadata(target).is_ok() => None,
+                None => {
+                    let dir = ensure_dir(target)?;
+                    let mut temp = TempFile::create_in(&dir)?;
+                    temp.file().write_all(text.as_bytes())?;
+                    match temp.commit_new(target) {
+                        // Another writer created it meanwhile: compare with that one.
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                        done => return Ok(done?),
+                    }
+                }
+            };
+            // A file naming another path is as unservable as one that does not parse.
+            let parsed = old.as_deref().map(|t| {
+                NarInfo::parse(t, self.store_dir)
+                    .ok()
+                    .filter(|i| i.store_hash() == info.store_hash())
+                    .map(|i| (t, i))
+            });
+            let Some(Some((old_text, old_info))) = parsed else {
+                // A stored narinfo that does not parse (or is not a file) is not served: a valid
+                // one may repair it.
+                log::warn!("{}: replacing a malformed narinfo", target.display());
+                return self.write_bytes(target, text.as_bytes());
+            };
+            return match crate::immutable::replace(old_text, &old_info, info) {
+                Ok(Replacement::Keep) => Ok(()),
+                Ok(Replacement::Write(merged)) => self.write_bytes(target, merged.as_bytes()),
+                Err(why) => Err(UploadError::Conflict(why)),
+            };
+        }
+        Err(UploadError::Conflict(format!(
+            "{}.narinfo changed while this upload was compared with it; retry",
+            info.store_hash()
+        )))
     }
 
     /// The narinfo is the commit point of an upload: its NAR must already be here, whole.
@@ -173,7 +251,13 @@ impl Target<'_> {
         Ok(())
     }
 
-    fn store_nar(&self, rel: &str, body: &mut dyn Read, limit: u64) -> Result<Stored, UploadError> {
+    fn store_nar(
+        &self,
+        rel: &str,
+        body: &mut dyn Read,
+        limit: u64,
+        declared: Option<u64>,
+    ) -> Result<Stored, UploadError> {
         // nar/<52-char nix32 sha256 of the file>.nar[.ext]
         let name = rel.trim_start_matches("nar/");
         let stem = name.split('.').next().unwrap_or_default();
@@ -183,7 +267,8 @@ impl Target<'_> {
             )));
         }
         let mut hasher = Sha256::new();
-        let bytes = self.store_file_hashing(rel, body, limit, true, &mut hasher, |digest| {
+        let sizes = (limit, declared);
+        let bytes = self.store_file_hashing(rel, body, sizes, true, &mut hasher, |digest| {
             let actual = nix32::encode(digest);
             if actual == stem {
                 Ok(())
@@ -204,19 +289,22 @@ impl Target<'_> {
         rel: &str,
         body: &mut dyn Read,
         limit: u64,
+        declared: Option<u64>,
         check: impl FnOnce(&[u8]) -> Result<(), UploadError>,
     ) -> Result<u64, UploadError> {
-        self.store_file_hashing(rel, body, limit, false, &mut Sha256::new(), check)
+        let sizes = (limit, declared);
+        self.store_file_hashing(rel, body, sizes, false, &mut Sha256::new(), check)
     }
 
-    /// Streams `body` into a temporary beside `rel`, hashing it, and commits it if `check`
-    /// accepts the digest. A `content_addressed` file (named by its hash, which `check`
+    /// Streams `body` into a temporary beside `rel`, hashing it, and commits it if it has
+    /// exactly the declared length (`sizes`: the limit and the `Content-Length`, if any) and
+    /// `check` accepts the digest. A `content_addressed` file (named by its hash, which `check`
     /// verified) that is already in place is left as it is.
     fn store_file_hashing(
         &self,
         rel: &str,
         body: &mut dyn Read,
-        limit: u64,
+        (limit, declared): (u64, Option<u64>),
         content_addressed: bool,
         hasher: &mut Sha256,
         check: impl FnOnce(&[u8]) -> Result<(), UploadError>,
@@ -240,6 +328,14 @@ impl Target<'_> {
             hasher.update(&buf[..n]);
             temp.file().write_all(&buf[..n])?;
         }
+        check_length(total, declared)?;
+        // What is committed is what reached the disk, not only what was written to the file.
+        temp.file().sync_all()?;
+        if temp.file().metadata()?.len() != total {
+            return Err(UploadError::Io(io::Error::other(
+                "the stored file's size differs from the bytes received",
+            )));
+        }
         check(&hasher.finalize_reset())?;
         if content_addressed && crate::files::version(&target)?.is_some_and(|v| v.len == total) {
             // The name is the content's hash, just checked: the file there is this one.
@@ -259,20 +355,52 @@ impl Target<'_> {
     }
 }
 
-/// Creates the directory of `target` (e.g. `nar/` in a new cache) and returns it.
+/// Fails unless a file can be created in `root`: with uploads enabled, a read-only cache
+/// directory (a read-only mount, a unit without `ReadWritePaths=`, wrong owner) is a mistake to
+/// report at start, not at the first push.
+pub fn check_writable(root: &Path) -> io::Result<()> {
+    TempFile::create_in(root).map(drop).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "uploads are enabled but {} is not writable: {e} (give the server's user write \
+                 access; under systemd add ReadWritePaths={})",
+                root.display(),
+                root.display()
+            ),
+        )
+    })
+}
+
+/// Creates the directory of `target` (e.g. `nar/` in a new cache), world-readable, and returns it.
 fn ensure_dir(target: &Path) -> io::Result<PathBuf> {
     let dir = target.parent().map(Path::to_path_buf).unwrap_or_default();
-    std::fs::create_dir_all(&dir)?;
+    crate::atomic::create_dirs(&dir)?;
     Ok(dir)
 }
 
-/// Reads a small UTF-8 body, refusing more than `limit` bytes.
-fn read_text(body: &mut dyn Read, limit: u64) -> Result<String, UploadError> {
+/// A body that ended before (or went past) its `Content-Length` is incomplete: never stored.
+fn check_length(received: u64, declared: Option<u64>) -> Result<(), UploadError> {
+    match declared {
+        Some(n) if n != received => Err(UploadError::Invalid(format!(
+            "body has {received} bytes but Content-Length said {n}: nothing stored"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a small UTF-8 body, refusing more than `limit` bytes or a length other than `declared`.
+fn read_text(
+    body: &mut dyn Read,
+    limit: u64,
+    declared: Option<u64>,
+) -> Result<String, UploadError> {
     let mut bytes = Vec::new();
     body.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(UploadError::TooLarge(limit));
     }
+    check_length(bytes.len() as u64, declared)?;
     String::from_utf8(bytes).map_err(|_| UploadError::Invalid("body is not UTF-8 text".into()))
 }
 
@@ -424,6 +552,112 @@ mod tests {
             assert_eq!(entry.file_name(), "nar");
             assert!(files_in(&entry.path()).is_empty());
         }
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    /// A NAR and a narinfo for it, stored; returns the narinfo text and its upload path.
+    fn stored_path(t: &Target, nar: &[u8]) -> (String, String) {
+        let name = nar_name(nar);
+        t.store(&format!("/{name}"), None, &mut &nar[..]).unwrap();
+        let hash = "4q1c78ism9fv0myqldmih68c6yjmpi2d";
+        let info = format!(
+            "StorePath: /nix/store/{hash}-x\nURL: {name}\nCompression: xz\nFileSize: {}\n\
+             NarHash: sha256:1h9kn9hj1j745kchafr3vi3hdp04zfhfgbc5dcvhkx5hfh2njr54\nNarSize: 5\nReferences: \n",
+            nar.len()
+        );
+        let path = format!("/{hash}.narinfo");
+        t.store(&path, None, &mut info.as_bytes()).unwrap();
+        (info, path)
+    }
+
+    #[test]
+    fn a_stored_narinfo_only_gains_signatures() {
+        let root = scratch("immutable");
+        let t = target(&root);
+        let (info, path) = stored_path(&t, b"first nar");
+        let file = root.join(path.trim_start_matches('/'));
+        // Same path, another NAR: refused, file unchanged, no temporary left.
+        let other_nar = b"second nar".to_vec();
+        let other_name = nar_name(&other_nar);
+        t.store(&format!("/{other_name}"), None, &mut &other_nar[..])
+            .unwrap();
+        let other = info
+            .replace(&nar_name(b"first nar"), &other_name)
+            .replace("FileSize: 9", "FileSize: 10");
+        let e = t.store(&path, None, &mut other.as_bytes()).unwrap_err();
+        assert_eq!(e.status(), 409, "{}", e.message());
+        assert!(e.message().contains("URL"), "{}", e.message());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), info);
+        // The same again: accepted, nothing changes.
+        t.store(&path, None, &mut info.as_bytes()).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), info);
+        // With a signature: added.
+        let signed = format!("{info}Sig: k-1:c2ln\n");
+        t.store(&path, None, &mut signed.as_bytes()).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), signed);
+        // Without it again: the signature stays.
+        t.store(&path, None, &mut info.as_bytes()).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), signed);
+        assert!(files_in(&root).iter().all(|n| !n.starts_with(".nbc")));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn an_unservable_stored_narinfo_may_be_repaired() {
+        let root = scratch("repair");
+        let t = target(&root);
+        let (info, path) = stored_path(&t, b"a nar");
+        let file = root.join(path.trim_start_matches('/'));
+        let other_path = info.replace("4q1c78ism9fv0myqldmih68c6yjmpi2d", &"1".repeat(32));
+        for broken in ["junk".to_string(), other_path] {
+            std::fs::write(&file, broken).unwrap();
+            t.store(&path, None, &mut info.as_bytes()).unwrap();
+            assert_eq!(std::fs::read_to_string(&file).unwrap(), info);
+        }
+        // A link in its place (never served) is replaced by the file, not written through.
+        let outside = root.join("outside");
+        std::fs::write(&outside, "x").unwrap();
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(&outside, &file).unwrap();
+        t.store(&path, None, &mut info.as_bytes()).unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "x");
+        assert!(std::fs::symlink_metadata(&file).unwrap().is_file());
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_body_shorter_or_longer_than_declared_is_not_stored() {
+        let root = scratch("length");
+        let t = target(&root);
+        let nar = b"twelve bytes".to_vec();
+        let name = nar_name(&nar);
+        for declared in [nar.len() as u64 + 1, nar.len() as u64 - 1] {
+            let e = t
+                .store(&format!("/{name}"), Some(declared), &mut &nar[..])
+                .unwrap_err();
+            assert_eq!(e.status(), 400);
+            assert!(e.message().contains("Content-Length"), "{}", e.message());
+        }
+        let e = t
+            .store(
+                "/log/4q1c78ism9fv0myqldmih68c6yjmpi2d-x.drv",
+                Some(100),
+                &mut &b"short log"[..],
+            )
+            .unwrap_err();
+        assert!(e.message().contains("Content-Length"), "{}", e.message());
+        assert!(files_in(&root.join("nar")).is_empty());
+        assert!(files_in(&root.join("log")).is_empty());
+        let (info, path) = stored_path(&t, &nar);
+        std::fs::remove_file(root.join(path.trim_start_matches('/'))).unwrap();
+        let e = t
+            .store(&path, Some(info.len() as u64 + 5), &mut info.as_bytes())
+            .unwrap_err();
+        assert!(e.message().contains("Content-Length"), "{}", e.message());
+        assert!(!files_in(&root).iter().any(|n| n.ends_with(".narinfo")));
+        let zero = info.replace("NarSize: 5", "NarSize: 0");
+        let e = t.store(&path, None, &mut zero.as_bytes()).unwrap_err();
+        assert!(e.message().contains("NarSize 0"), "{}", e.message());
         std::fs::remove_dir_all(root).unwrap();
     }
 

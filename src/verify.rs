@@ -33,6 +33,9 @@ use crate::upload::MAX_METADATA_BYTES;
 pub struct VerifyOptions {
     /// Check NAR sizes only, without reading them (`--quick`).
     pub quick: bool,
+    /// Accept `nar/`, `log/`… that are symbolic links leading outside the cache, as the server
+    /// does with `--allow-linked-dirs`; without it both refuse them.
+    pub allow_linked_dirs: bool,
 }
 
 /// Where the hashing phase stands; sent before the first NAR, as NARs are read and after each.
@@ -100,6 +103,9 @@ pub enum Problem {
     UploadTemporary { file: PathBuf },
     /// A `*.tmp` / `*.tmp.<pid>[.<n>]` file left by an interrupted `nix copy --to file://`.
     NixTemporary { file: PathBuf },
+    /// `nar/`, `log/`… is a symbolic link leading outside the cache, which the server refuses
+    /// (404 for every file in it) unless started with `--allow-linked-dirs`.
+    LinkedDir { dir: PathBuf, target: PathBuf },
 }
 
 impl Problem {
@@ -112,6 +118,7 @@ impl Problem {
             | Problem::StrayNar { file }
             | Problem::UploadTemporary { file }
             | Problem::NixTemporary { file } => file,
+            Problem::LinkedDir { dir, .. } => dir,
             Problem::BadUrl { narinfo, .. }
             | Problem::MissingNar { narinfo, .. }
             | Problem::SizeMismatch { narinfo, .. }
@@ -125,6 +132,14 @@ impl Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Problem::LinkedDir { dir, target } => write!(
+                f,
+                "{}: a symbolic link to {}, outside the cache: the server answers 404 for every \
+                 file in it; move it into the cache, or run the server and verify with \
+                 --allow-linked-dirs",
+                dir.display(),
+                target.display()
+            ),
             Problem::Unreadable { file, error } => {
                 write!(f, "{}: cannot be read: {error}", file.display())
             }
@@ -214,12 +229,34 @@ pub fn verify(
     options: &VerifyOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> io::Result<Report> {
+    if !root.is_dir() {
+        let msg = format!(
+            "{} is not a directory: give the cache directory (the one `nix copy --to file://DIR` \
+             wrote)",
+            root.display()
+        );
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+    }
     let info = CacheInfo::load(root, None).map_err(|e| in_file(&root.join("nix-cache-info"), e))?;
     let scan = scan_narinfos(root, &info.store_dir)?;
     let mut report = Report {
         narinfos: scan.entries.len() + scan.broken.len(),
         ..Report::default()
     };
+    // A cache gc emptied still has its nix-cache-info and nar/; a directory with neither is
+    // not a cache at all (a wrong path, an unmounted disk): verifying it "clean" would mislead.
+    let looks_like_a_cache = root.join("nix-cache-info").exists() || root.join("nar").exists();
+    if report.narinfos == 0 && !looks_like_a_cache {
+        let msg = format!(
+            "{} holds no *.narinfo file, nix-cache-info or nar/: nothing to verify; is it the \
+             cache directory (the one `nix copy --to file://DIR` wrote)?",
+            root.display()
+        );
+        return Err(io::Error::new(io::ErrorKind::NotFound, msg));
+    }
+    if !options.allow_linked_dirs {
+        report.problems.extend(linked_dirs(root));
+    }
     report.problems.extend(scan.broken.iter().cloned());
 
     let present: HashSet<&str> = scan.entries.iter().map(|e| e.hash.as_str()).collect();
@@ -702,6 +739,23 @@ fn judge_hash(job: &HashJob, result: Hashed, report: &mut Report) {
     report.problems.extend(mismatches);
 }
 
+/// Subdirectories the server would refuse: links that resolve outside the cache (a link to a
+/// place inside it is fine, as for the server).
+fn linked_dirs(root: &Path) -> Vec<Problem> {
+    let Ok(real_root) = std::fs::canonicalize(root) else {
+        return Vec::new();
+    };
+    ["nar", "log", "realisations", "debuginfo"]
+        .iter()
+        .map(|d| root.join(d))
+        .filter(|dir| std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()))
+        .filter_map(|dir| {
+            let target = std::fs::canonicalize(&dir).ok()?;
+            (!target.starts_with(&real_root)).then_some(Problem::LinkedDir { dir, target })
+        })
+        .collect()
+}
+
 // ---- Strays ----
 
 /// Temporaries in the root and its subdirectories, and files in `nar/` nothing points to.
@@ -709,7 +763,8 @@ fn strays(root: &Path, pointed: &HashSet<String>) -> io::Result<Vec<Problem>> {
     let mut problems = Vec::new();
     for (name, kind) in list_dir(root)? {
         let path = root.join(&name);
-        if kind.is_dir() {
+        // A linked nar/ is listed too (reported above unless allowed).
+        if kind.is_dir() || (kind.is_symlink() && path.is_dir()) {
             let is_nar_dir = name == "nar";
             problems.extend(strays_in(&path, is_nar_dir.then_some(pointed)));
         } else if let Some(problem) = name.to_str().and_then(|n| temporary_problem(n, &path)) {

@@ -176,8 +176,11 @@ fn rescan_loop(
     let mut prepare = Some(prepare);
     // Background work must never make a request wait: it runs at the lowest priority, the
     // periodic rescan's checks on one thread, the reading of new files on every core.
-    let low = background_pool(1);
-    let readers = background_pool(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let low = background_pool(1, |_| "rescan-worker".into());
+    let readers = background_pool(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+        |i| format!("index-reader-{i}"),
+    );
     let pools = Pools {
         checks: low.as_ref(),
         reads: readers.as_ref(),
@@ -229,10 +232,13 @@ pub struct Pools<'a> {
     pub reads: Option<&'a rayon::ThreadPool>,
 }
 
-fn background_pool(threads: usize) -> Option<rayon::ThreadPool> {
+fn background_pool(
+    threads: usize,
+    name: impl FnMut(usize) -> String + 'static,
+) -> Option<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
-        .thread_name(|i| format!("index-bg-{i}"))
+        .thread_name(name)
         .start_handler(|_| lower_thread_priority())
         .build()
         .map_err(|e| log::warn!("no background thread pool ({e}); using every core"))
@@ -285,6 +291,7 @@ pub fn run_rescan(
         prepare();
     }
     let (read, skipped) = index.read_all(pools.reads);
+    index.note_skipped(skipped);
     let entries = s.entries - skipped;
     if first {
         crate::index::give_back_free_memory();
@@ -499,8 +506,11 @@ fn lower_thread_priority() {
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
     };
     if ok != 0 {
-        log::debug!(
-            "could not lower the rescan thread's priority: {}",
+        // Under systemd, a SystemCallFilter= without setpriority does this (the shipped unit
+        // allows it): background index work then competes with requests at normal priority.
+        log::warn!(
+            "could not lower the rescan thread's priority to nice 19: {}; background index work \
+             runs at normal priority",
             std::io::Error::last_os_error()
         );
     }

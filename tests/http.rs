@@ -30,9 +30,14 @@ fn nix_cache_info_is_served_and_priority_overrides() {
     let r = server.get("/nix-cache-info");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("Content-Type"), Some("text/x-nix-cache-info"));
+    // The fixture's file (as `nix copy --to file://` writes it: StoreDir only) with the
+    // documented defaults added, so that Nix does not rank the cache at priority 0.
     assert_eq!(
         r.text(),
-        std::fs::read_to_string(root.join("nix-cache-info")).unwrap()
+        format!(
+            "{}WantMassQuery: 1\nPriority: 40\n",
+            std::fs::read_to_string(root.join("nix-cache-info")).unwrap()
+        )
     );
 
     let server = Server::start(&root, &["--priority", "12"]);
@@ -53,6 +58,27 @@ fn missing_nix_cache_info_is_synthesized() {
     assert_eq!(
         r.text(),
         "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+    );
+}
+
+#[test]
+fn a_linked_nix_cache_info_is_not_followed() {
+    let dir = copy_fixture("cache-xz");
+    let outside = TempDir::new("outside");
+    let secret = outside.path().join("hostname");
+    std::fs::write(&secret, "StoreDir: /not/the/cache\nsecret-host\n").unwrap();
+    std::fs::remove_file(dir.path().join("nix-cache-info")).unwrap();
+    std::os::unix::fs::symlink(&secret, dir.path().join("nix-cache-info")).unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let text = server.get("/nix-cache-info").text();
+    assert_eq!(
+        text,
+        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+    );
+    assert!(
+        server.log().contains("a symbolic link, not followed"),
+        "{}",
+        server.log()
     );
 }
 

@@ -277,17 +277,11 @@ impl Drop for Embedded {
 }
 
 fn start_embed_example(root: &Path) -> Embedded {
-    // Examples are built next to the test binaries: target/<profile>/examples/embed.
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/embed");
+    // A crate of its own on crates.io's tiny_http (examples/embed), built by `make build`.
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/embed/debug/embed");
     assert!(
         bin.exists(),
-        "{} missing: run `cargo build --examples` (make test does)",
+        "{} missing: run `make build` (make test does), which builds examples/embed",
         bin.display()
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -8,7 +8,7 @@ use std::fs::{File, FileTimes};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use common::{copy_fixture, fixtures, manifest};
+use common::{BIN, Server, TempDir, copy_fixture, fixtures, manifest};
 use nix_binary_cache::gc::{self, GcPolicy, Reason};
 use nix_binary_cache::verify::{Problem, Progress, Report, VerifyOptions, verify};
 
@@ -26,7 +26,11 @@ fn hashes() -> [String; 3] {
 }
 
 fn run_verify(root: &Path, quick: bool) -> Report {
-    verify(root, &VerifyOptions { quick }, &mut |_| {}).unwrap()
+    let options = VerifyOptions {
+        quick,
+        ..VerifyOptions::default()
+    };
+    verify(root, &options, &mut |_| {}).unwrap()
 }
 
 fn describe(report: &Report) -> String {
@@ -535,4 +539,338 @@ fn gc_execute_takes_vanished_files_in_stride_and_checks_the_root() {
         (1, 0, 1)
     );
     assert_clean(root);
+}
+
+// ---- served times (gc's least recently used), the command line, linked directories ----
+
+/// Runs the binary with `args`; (exit status, stdout, stderr).
+fn run_bin(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// Stops the server with SIGTERM and waits for it (a clean stop saves the served times).
+fn stop(mut server: Server) {
+    server.signal("TERM");
+    server.child.wait().unwrap();
+}
+
+#[test]
+fn gc_takes_last_use_from_what_the_server_served() {
+    let cache = copy_fixture("cache-xz");
+    let root = cache.path();
+    let [top, mid, base] = hashes();
+    for h in [&top, &mid, &base] {
+        age_path(root, h, DAY * 30);
+    }
+    let state = TempDir::new("state");
+    let file = state.path().join("served-times");
+    // Nix asks for every narinfo of a closure it substitutes: all three are used today.
+    let server = Server::start(root, &["--state-file", file.to_str().unwrap()]);
+    for h in [&top, &mid, &base] {
+        assert_eq!(server.get(&format!("/{h}.narinfo")).status, 200);
+    }
+    stop(server);
+    let times = nix_binary_cache::served_times::ServedTimes::load(&file)
+        .unwrap()
+        .expect("the server saved its served times at exit");
+    assert_eq!(
+        times.len(),
+        3,
+        "{}",
+        std::fs::read_to_string(&file).unwrap()
+    );
+
+    // File times alone say all three are 30 days old: all would go.
+    let now = SystemTime::now();
+    let by_files = gc::plan(root, &older_than(10), now).unwrap();
+    assert_eq!(by_files.paths.len(), 3);
+    assert_eq!(by_files.recency, gc::Recency::FileTimes);
+    // The server's record says they were served just now: nothing goes.
+    let by_record = gc::plan_with(root, &older_than(10), now, Some(&times)).unwrap();
+    assert!(by_record.paths.is_empty(), "{:?}", by_record.paths);
+    assert_eq!(by_record.recency, gc::Recency::Served { known: 3 });
+    // Ten days later with --older-than 9.5 days (fractions work): all of them.
+    let later = now + DAY * 10;
+    let policy = GcPolicy {
+        older_than: Some(Duration::from_secs_f64(9.5 * 86400.0)),
+        max_size: None,
+    };
+    let plan = gc::plan_with(root, &policy, later, Some(&times)).unwrap();
+    assert_eq!(plan.paths.len(), 3);
+
+    // The command says which it used.
+    let (code, out, err) = run_bin(&[
+        "gc",
+        root.to_str().unwrap(),
+        "--older-than",
+        "10",
+        "--dry-run",
+        "--state-file",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("when the server last served each narinfo (3 paths"),
+        "{out}"
+    );
+    assert!(out.contains("0 paths"), "{out}");
+    let missing = state.path().join("none");
+    let (code, out, err) = run_bin(&[
+        "gc",
+        root.to_str().unwrap(),
+        "--older-than",
+        "0.5",
+        "--dry-run",
+        "--state-file",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("file access and modification times"), "{out}");
+    assert!(out.contains("3 paths"), "{out}");
+}
+
+#[test]
+fn verify_and_gc_help_and_pointless_targets() {
+    for sub in ["verify", "gc"] {
+        let (code, out, _) = run_bin(&[sub, "--help"]);
+        assert_eq!(code, 0);
+        assert!(out.contains(&format!("nix-binary-cache {sub}")), "{out}");
+    }
+    let empty = TempDir::new("empty");
+    let (code, _, err) = run_bin(&["verify", empty.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("holds no *.narinfo file"), "{err}");
+    let file = empty.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let (code, _, err) = run_bin(&["verify", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not a directory"), "{err}");
+    let (code, _, err) = run_bin(&["verify", "/c", "--frobnicate"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("verify --help"), "{err}");
+}
+
+#[test]
+fn verify_and_the_server_agree_about_a_linked_nar_dir() {
+    let cache = copy_fixture("cache-xz");
+    let root = cache.path();
+    let elsewhere = TempDir::new("other-disk");
+    std::fs::rename(root.join("nar"), elsewhere.path().join("nar")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path().join("nar"), root.join("nar")).unwrap();
+    let [top, ..] = hashes();
+    let nar = nar_of(root, &top);
+    let nar_url = format!("/{}", nar.strip_prefix(root).unwrap().display());
+
+    // By default both refuse it: verify says so, the server answers 404.
+    let report = run_verify(root, true);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| matches!(p, Problem::LinkedDir { .. })),
+        "{}",
+        describe(&report)
+    );
+    assert!(describe(&report).contains("--allow-linked-dirs"));
+    let server = Server::start(root, &[]);
+    assert_eq!(server.get(&nar_url).status, 404);
+    drop(server);
+
+    // With the flag both accept it.
+    let options = VerifyOptions {
+        quick: false,
+        allow_linked_dirs: true,
+    };
+    let report = verify(root, &options, &mut |_| {}).unwrap();
+    assert!(report.is_clean(), "{}", describe(&report));
+    let server = Server::start(root, &["--allow-linked-dirs"]);
+    let reply = server.get(&nar_url);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, std::fs::read(&nar).unwrap());
+}
+
+#[test]
+fn the_rescan_thread_runs_at_nice_19() {
+    let server = Server::start(&fixtures().join("cache-xz"), &["--rescan-interval", "1"]);
+    let tasks = format!("/proc/{}/task", server.pid());
+    let nice_of = |name: &str| -> Option<i64> {
+        std::fs::read_dir(&tasks).ok()?.flatten().find_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            if comm.trim() != name {
+                return None;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // Fields after the ")" that ends the command name: state is field 3, nice 19.
+            let rest = stat.rsplit_once(')')?.1;
+            rest.split_whitespace().nth(16)?.parse().ok()
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // The thread has its name from birth; it lowers itself a moment later.
+    while nice_of("rescan-worker") != Some(19) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(nice_of("rescan-worker"), Some(19), "{}", server.log());
+    assert_eq!(nice_of("rescan"), Some(0), "only the worker is lowered");
+    assert!(
+        !server.log().contains("could not lower"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn metrics_operators_expect() {
+    let cache = copy_fixture("cache-xz");
+    std::fs::write(
+        cache.path().join(format!("{}.narinfo", "1".repeat(32))),
+        "not a narinfo\n",
+    )
+    .unwrap();
+    let server = Server::start(cache.path(), &[]);
+    let [top, ..] = hashes();
+    for _ in 0..3 {
+        assert_eq!(server.get(&format!("/{top}.narinfo")).status, 200);
+    }
+    let text = server.get("/metrics").text();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value("nbc_request_duration_seconds_count{kind=\"narinfo\"} "),
+        3.0
+    );
+    assert_eq!(
+        value("nbc_request_duration_seconds_bucket{kind=\"narinfo\",le=\"+Inf\"} "),
+        3.0
+    );
+    assert!(text.contains("# TYPE nbc_request_duration_seconds histogram\n"));
+    assert_eq!(value("nbc_index_skipped_narinfos "), 1.0);
+    let rss = value("process_resident_memory_bytes ");
+    assert!(rss > 1e6 && rss < 1e9, "{rss}");
+    assert!(value("process_open_fds ") >= 3.0);
+    assert!(value("process_threads ") >= 4.0);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start = value("process_start_time_seconds ");
+    assert!(start <= now && start > now - 60.0, "{start} vs {now}");
+}
+
+/// A seccomp filter that makes `setpriority` fail with EPERM, as the unit's
+/// `SystemCallFilter=~@resources` did before it allowed the call again; installed in the child
+/// between fork and exec.
+fn deny_setpriority(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let filter = [
+        stmt(load, 4), // seccomp_data.arch
+        jump(AUDIT_ARCH_X86_64, 0, 3),
+        stmt(load, 0), // seccomp_data.nr
+        jump(libc::SYS_setpriority as u32, 0, 1),
+        stmt(libc::BPF_RET, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(libc::BPF_RET, libc::SECCOMP_RET_ALLOW),
+    ];
+    // Written for x86_64 (this machine): elsewhere the filter allows everything and the test
+    // fails, it does not pass by accident.
+    // SAFETY: only async-signal-safe prctl calls between fork and exec; `filter` outlives them
+    // (the closure owns it).
+    unsafe {
+        command.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn a_rescan_that_cannot_lower_its_priority_says_so_as_a_warning() {
+    let mut command = std::process::Command::new(BIN);
+    deny_setpriority(&mut command);
+    let server = Server::start_command(command, &fixtures().join("cache-xz"), &[]);
+    assert!(
+        server.wait_for_log(
+            "could not lower the rescan thread's priority",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        server.log()
+    );
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("could not lower"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("WARN"), "{line}");
+    assert_eq!(server.get("/nix-cache-info").status, 200, "serving goes on");
+}
+
+#[test]
+fn landing_page_trusts_proxy_headers_only_when_told_and_flags_an_unsigned_cache() {
+    let forwarded = [
+        ("Host", "10.0.0.5:8080"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "cache.example.org"),
+    ];
+    let root = fixtures().join("cache-xz");
+    let plain = Server::start(&root, &[]);
+    let page = common::request(plain.port, "GET", "/", &forwarded).text();
+    assert!(
+        page.contains("substituters = http://10.0.0.5:8080 "),
+        "{page}"
+    );
+    assert!(
+        page.contains("id=\"unsigned\"") && page.contains("require-sigs"),
+        "{page}"
+    );
+
+    let key = fixtures().join("keys/test-key.sec");
+    let behind_proxy = Server::start(
+        &root,
+        &["--trust-proxy-headers", "--sign-key", key.to_str().unwrap()],
+    );
+    let page = common::request(behind_proxy.port, "GET", "/", &forwarded).text();
+    assert!(
+        page.contains("substituters = https://cache.example.org "),
+        "{page}"
+    );
+    assert!(!page.contains("id=\"unsigned\""), "{page}");
 }

@@ -387,7 +387,7 @@ fn short_timeouts_close_slowloris_connections_and_stalled_downloads() {
     let deadline = asked + Duration::from_secs(25);
     let (mut aborted, mut released) = (None, None);
     while Instant::now() < deadline
-        && (closed.load(Ordering::SeqCst) < SLOWLORIS || released.is_none())
+        && (closed.load(Ordering::SeqCst) < SLOWLORIS || released.is_none() || aborted.is_none())
     {
         if aborted.is_none() && server.log().contains(&aborted_line) {
             aborted = Some(asked.elapsed());
@@ -417,8 +417,7 @@ fn short_timeouts_close_slowloris_connections_and_stalled_downloads() {
         first + Duration::from_millis(50) >= header,
         "a slowloris was closed after {first:?}, before the header timeout"
     );
-    // The reaper sweeps every second (plus the sweep's own time) and first sees a new
-    // connection up to one sweep late: closed within the timeout plus about two sweeps.
+    // The engine's sweeper looks every 100 ms; on a loaded machine allow well over that.
     assert!(
         last <= header + Duration::from_millis(2500),
         "a slowloris was closed only after {last:?} (header timeout {header:?})"
@@ -445,7 +444,8 @@ fn short_timeouts_close_slowloris_connections_and_stalled_downloads() {
             asked.elapsed()
         );
     };
-    // Released by the reaper once the aborted connection has been idle for the idle timeout.
+    // Released when the transfer is abandoned (the engine closes it at once), at the latest
+    // an idle timeout later.
     assert!(
         released <= aborted + Duration::from_secs(TIMEOUT) + Duration::from_millis(2500),
         "the stalled download's connection was released {released:?} after the request, \
@@ -475,4 +475,108 @@ fn short_timeouts_close_slowloris_connections_and_stalled_downloads() {
          {released:?} after the request ({got} bytes had been queued)"
     );
     assert_eq!(server.get(&narinfo).status, 200, "still serving");
+}
+
+/// Status of a process from /proc: (threads, VmRSS in KiB).
+fn threads_and_rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Threads:"), field("VmRSS:"))
+}
+
+/// Reads one whole response (head and Content-Length body) off a keep-alive connection.
+fn read_one_response(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() >= end + 4 + len {
+                return got;
+            }
+        }
+        let n = stream.read(&mut buf).expect("read a response");
+        assert!(n > 0, "connection closed mid-response");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The quickest of five fresh-connection GETs of a small NAR.
+fn fresh_nar_get(server: &Server, nar: &str) -> Duration {
+    (0..5)
+        .map(|_| {
+            let asked = Instant::now();
+            let reply = server.get(nar);
+            assert_eq!(reply.status, 200);
+            asked.elapsed()
+        })
+        .min()
+        .unwrap()
+}
+
+/// The engine's promise for idle connections: 10,000 kept-alive connections (each after one
+/// request) hold no thread and little memory, and a fresh NAR GET meanwhile is as quick as
+/// without them (within max(10 ms, 2x)).
+#[test]
+fn ten_thousand_idle_keep_alive_connections_cost_no_threads() {
+    const IDLE: usize = 10_000;
+    let _turn = one_at_a_time();
+    raise_open_file_limit(IDLE as u64 + 100);
+    let dir = copy_fixture("cache-xz");
+    let nar = std::fs::read_dir(dir.path().join("nar"))
+        .unwrap()
+        .map(|e| format!("/nar/{}", e.unwrap().file_name().to_string_lossy()))
+        .next()
+        .unwrap();
+    let server = Server::start(dir.path(), &["--access-log", "off"]);
+    let before = fresh_nar_get(&server, &nar);
+    let (threads_before, rss_before) = threads_and_rss(server.pid());
+
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        stream
+            .write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: test\r\n\r\n")
+            .unwrap();
+        read_one_response(&mut stream);
+        idle.push(stream);
+    }
+    let (threads, rss) = threads_and_rss(server.pid());
+    let during = fresh_nar_get(&server, &nar);
+    eprintln!(
+        "{IDLE} idle keep-alive connections: threads {threads_before} -> {threads}, \
+         RSS {rss_before} -> {rss} KiB (+{} KiB), fresh NAR GET {before:?} -> {during:?}",
+        rss.saturating_sub(rss_before)
+    );
+    assert!(
+        threads <= 40,
+        "{threads} threads with {IDLE} idle connections"
+    );
+    assert!(
+        rss.saturating_sub(rss_before) <= 48 * 1024,
+        "RSS grew by {} KiB with {IDLE} idle connections",
+        rss.saturating_sub(rss_before)
+    );
+    let allowed = (before * 2).max(Duration::from_millis(10));
+    assert!(
+        during <= allowed,
+        "a fresh NAR GET took {during:?} with {IDLE} idle connections, {before:?} without"
+    );
+    // They are still open and served (kept alive, not dropped).
+    for stream in idle.iter_mut().step_by(1000) {
+        stream
+            .write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: test\r\n\r\n")
+            .unwrap();
+        assert!(read_one_response(stream).starts_with(b"HTTP/1.1 200"));
+    }
 }

@@ -307,3 +307,296 @@ fn bad_keys_and_token_files_stop_the_start() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+/// The narinfo of the fixture's top path in `dir`, and its URL path.
+fn top_narinfo(dir: &std::path::Path) -> (String, String) {
+    let hash = &manifest()["TOP"]["/nix/store/".len()..][..32];
+    let text = std::fs::read_to_string(dir.join(format!("{hash}.narinfo"))).unwrap();
+    (text, format!("/{hash}.narinfo"))
+}
+
+#[test]
+fn a_stored_path_only_gains_signatures() {
+    let (dir, _s, server) = upload_server("cache-xz", &["--rescan-interval", "3600"]);
+    let (original, path) = top_narinfo(dir.path());
+    let before = listing(dir.path());
+    let size = original
+        .lines()
+        .find(|l| l.starts_with("NarSize: "))
+        .unwrap();
+    let refs = original
+        .lines()
+        .find(|l| l.starts_with("References: "))
+        .unwrap();
+    for (changed, field) in [
+        (original.replace(size, "NarSize: 1"), "NarSize"),
+        (original.replace(refs, "References: "), "References"),
+    ] {
+        let r = put(server.port, &path, changed.as_bytes(), Some(&bearer()));
+        assert_eq!(r.status, 409, "{field}: {}", r.text());
+        assert!(r.text().contains(field), "{}", r.text());
+    }
+    assert_eq!(listing(dir.path()), before, "nothing changed, no temporary");
+    assert_eq!(server.get(&path).text(), original);
+    // The same narinfo again is fine, and so are added signatures, which are merged.
+    let r = put(server.port, &path, original.as_bytes(), Some(&bearer()));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let one = format!("{original}Sig: one-1:b25l\n");
+    let two = format!("{original}Sig: two-1:dHdv\n");
+    for body in [&one, &two] {
+        assert_eq!(
+            put(server.port, &path, body.as_bytes(), Some(&bearer())).status,
+            200
+        );
+    }
+    assert_eq!(
+        server.get(&path).text(),
+        format!("{original}Sig: one-1:b25l\nSig: two-1:dHdv\n")
+    );
+    assert!(server.log().contains("refused: "), "{}", server.log());
+}
+
+#[test]
+fn named_tokens_are_logged_and_counted_and_sighup_reloads_them() {
+    let dir = copy_fixture("cache-xz");
+    let secrets = TempDir::new("named");
+    let tokens = secrets.path().join("tokens");
+    std::fs::write(&tokens, "ci:secret-of-ci\n").unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["--upload-token-file", tokens.to_str().unwrap()],
+    );
+    let nar = |tag: &str| {
+        let body = format!("nar of {tag}").into_bytes();
+        (format!("/nar/{}.nar", nix32_sha256(&body)), body)
+    };
+    let (path, body) = nar("ci");
+    assert_eq!(
+        put(server.port, &path, &body, Some("Bearer secret-of-ci")).status,
+        200
+    );
+    assert!(
+        server.wait_for_log("for token ci", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metrics.contains("nbc_uploads_total{token=\"ci\"} 1\n"),
+        "{metrics}"
+    );
+
+    // SIGHUP: the new file replaces the old tokens; the server keeps running.
+    std::fs::write(&tokens, "deploy:secret-of-deploy\n").unwrap();
+    server.signal("HUP");
+    assert!(
+        server.wait_for_log("1 upload tokens loaded", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    let (path, body) = nar("deploy");
+    assert_eq!(
+        put(server.port, &path, &body, Some("Bearer secret-of-ci")).status,
+        401
+    );
+    assert_eq!(
+        put(server.port, &path, &body, Some("Bearer secret-of-deploy")).status,
+        200
+    );
+    assert!(server.wait_for_log("for token deploy", Duration::from_secs(5)));
+
+    // A broken file keeps the previous set, and the log says why.
+    std::fs::write(&tokens, "# emptied by mistake\n").unwrap();
+    server.signal("HUP");
+    assert!(
+        server.wait_for_log(
+            "keeping the previous upload tokens",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        server.log()
+    );
+    let (path, body) = nar("after");
+    assert_eq!(
+        put(server.port, &path, &body, Some("Bearer secret-of-deploy")).status,
+        200
+    );
+    let log = server.log();
+    assert!(
+        !log.contains("secret-of-ci") && !log.contains("secret-of-deploy"),
+        "a token was logged:\n{log}"
+    );
+}
+
+#[test]
+fn sighup_reloads_the_signing_keys() {
+    let secrets = TempDir::new("keys");
+    let key = secrets.path().join("key");
+    std::fs::copy(fixtures().join("keys/test-key.sec"), &key).unwrap();
+    let server = Server::start(
+        &fixtures().join("cache-xz"),
+        &["--sign-key", key.to_str().unwrap()],
+    );
+    let (_, path) = top_narinfo(&fixtures().join("cache-xz"));
+    assert!(server.get(&path).text().contains("Sig: test-cache-1:"));
+    // A broken key file: the old key stays.
+    std::fs::write(&key, "not a key\n").unwrap();
+    server.signal("HUP");
+    assert!(
+        server.wait_for_log("keeping the previous signing keys", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    assert!(server.get(&path).text().contains("Sig: test-cache-1:"));
+    // A new key: narinfos are signed with it instead.
+    let out = std::process::Command::new("nix-store")
+        .args(["--generate-binary-cache-key", "other-key-1"])
+        .arg(&key)
+        .arg(secrets.path().join("pub"))
+        .output()
+        .expect("nix-store from Debian's nix-bin (make test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.signal("HUP");
+    assert!(
+        server.wait_for_log("signing keys reloaded", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    let text = server.get(&path).text();
+    assert!(
+        text.contains("Sig: other-key-1:") && !text.contains("test-cache-1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn uploads_are_world_readable_under_the_units_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("umask");
+    let secrets = TempDir::new("umask-secrets");
+    let tokens = secrets.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    let server = Server::start_with_umask(
+        dir.path(),
+        &["--upload-token-file", tokens.to_str().unwrap()],
+        "0027",
+    );
+    let body = b"a nar in a new cache".to_vec();
+    let path = format!("/nar/{}.nar", nix32_sha256(&body));
+    assert_eq!(put(server.port, &path, &body, Some(&bearer())).status, 200);
+    let log_path = format!("/log/{}-x.drv", "0".repeat(32));
+    assert_eq!(
+        put(server.port, &log_path, b"log", Some(&bearer())).status,
+        200
+    );
+    let mode = |rel: &str| {
+        std::fs::metadata(dir.path().join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&path[1..]), 0o644);
+    assert_eq!(mode(&log_path[1..]), 0o644);
+    assert_eq!(mode("nar"), 0o755);
+    assert_eq!(mode("log"), 0o755);
+}
+
+/// The real Nix client (Debian's nix-bin), with its own configuration and caches.
+fn nix(home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::fs::create_dir_all(home.join("conf")).unwrap();
+    std::fs::write(
+        home.join("conf/nix.conf"),
+        "experimental-features = nix-command\nsubstituters =\n\
+         narinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\n",
+    )
+    .unwrap();
+    std::process::Command::new("nix")
+        .args(args)
+        .env("NIX_CONF_DIR", home.join("conf"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("HOME", home)
+        .output()
+        .expect("the real Nix client is required: apt-get install nix-bin (make test does)")
+}
+
+#[test]
+fn nix_store_sign_over_http_adds_a_signature() {
+    let (dir, secrets, server) = upload_server("cache-xz", &["--rescan-interval", "3600"]);
+    let (unsigned, path) = top_narinfo(dir.path());
+    let home = TempDir::new("nix-sign");
+    let netrc = secrets.path().join("netrc");
+    std::fs::write(
+        &netrc,
+        format!("machine 127.0.0.1 login nix password {TOKEN}\n"),
+    )
+    .unwrap();
+    let key = fixtures().join("keys/test-key.sec");
+    let out = nix(
+        home.path(),
+        &[
+            "store",
+            "sign",
+            "--netrc-file",
+            netrc.to_str().unwrap(),
+            "--store",
+            &server.url(),
+            "--key-file",
+            key.to_str().unwrap(),
+            &manifest()["TOP"],
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "nix store sign: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Exactly what Nix itself wrote into the signed fixture: the old text plus its Sig line.
+    let signed = std::fs::read_to_string(fixtures().join(format!("cache-signed{path}"))).unwrap();
+    assert_ne!(unsigned, signed);
+    assert_eq!(server.get(&path).text(), signed);
+    assert_eq!(top_narinfo(dir.path()).0, signed);
+    // Nix now trusts the path with the key.
+    let out = nix(
+        home.path(),
+        &[
+            "store",
+            "verify",
+            "--no-contents",
+            "--store",
+            &server.url(),
+            "--trusted-public-keys",
+            &manifest()["PUBLIC_KEY"],
+            &manifest()["TOP"],
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "nix store verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn uploads_on_a_read_only_directory_fail_at_start() {
+    let secrets = TempDir::new("ro");
+    let tokens = secrets.path().join("tokens");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    // /proc: a directory where no file can be created, even by root (who ignores modes).
+    let out = std::process::Command::new(BIN)
+        .args(["/proc", "-p", "0", "--bind", "127.0.0.1"])
+        .args(["--upload-token-file", tokens.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("uploads are enabled but /proc is not writable")
+            && stderr.contains("ReadWritePaths=/proc"),
+        "{stderr}"
+    );
+}

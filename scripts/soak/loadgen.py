@@ -420,11 +420,11 @@ class Uploader:
         # Half random bytes, half text: a little like real store paths.
         contents = os.urandom(size // 2) + (b"soak line\n" * (size // 20))
         nar = nar_regular_file(contents, executable=random.random() < 0.2)
-        old = slot["nar"]
         slot["nar"] = nar
         slot["file_hash"] = nix32(hashlib.sha256(nar).digest())
-        if old is not None:
-            self.orphans.append(f"nar/{nix32(hashlib.sha256(old).digest())}.nar")
+        # Store paths are immutable (the server answers 409 to other contents under a stored
+        # path): new contents are a new store path, and the old one stays whole.
+        slot["hash"] = random_hash(32)
 
     def run(self, deadline, interval):
         next_at = time.monotonic() + random.random() * interval

@@ -94,7 +94,25 @@ impl Server {
         Server::start_command(sh, root, extra)
     }
 
-    fn start_command(mut command: Command, root: &Path, extra: &[&str]) -> Server {
+    /// Like [`Server::start`], with the file creation mask set to `umask` (octal, e.g. "0027"
+    /// as the shipped unit's `UMask=`).
+    pub fn start_with_umask(root: &Path, extra: &[&str], umask: &str) -> Server {
+        let mut sh = Command::new("/bin/sh");
+        sh.args(["-c", &format!("umask {umask} && exec \"$0\" \"$@\""), BIN]);
+        Server::start_command(sh, root, extra)
+    }
+
+    /// Sends `signal` (e.g. "HUP") to the server.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Starts `command` (the server binary, or a wrapper that execs it) like [`Server::start`].
+    pub fn start_command(mut command: Command, root: &Path, extra: &[&str]) -> Server {
         let mut child = command
             .arg(root)
             .args(["-p", "0", "--bind", "127.0.0.1", "--log-level", "debug"])
