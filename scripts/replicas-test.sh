@@ -13,7 +13,8 @@
 #
 # Setup: copies tests/fixtures/cache-signed to a temp dir, starts replica A (with
 #   --upload-token-file) and replica B on that one directory (both --sign-key with the test key
-#   and --rescan-interval 0, so whatever they serve they found on the request path), and nginx
+#   and --watch poll --rescan-interval 0, as on the shared storage they stand for, where inotify
+#   sees nothing of other hosts' writes: whatever they serve they found on the request path), and nginx
 #   (`-p TMP -g 'daemon off;'`) with a copy of dist/nginx/nix-binary-cache.conf in which only the
 #   replica addresses, listen port, cache and log paths are substituted. Then pushes a batch of
 #   fresh store paths with `nix copy --to http://NGINX` (PUT must reach replica A only, uncached).
@@ -191,7 +192,7 @@ REPLICA_PID="" REPLICA_PORT=""
 start_replica() { # start_replica NAME EXTRA...: sets REPLICA_PID and REPLICA_PORT
     local log="$TMP/replica-$1.log"
     shift
-    "$BIN" "$CACHE" -p 0 --bind 127.0.0.1 --rescan-interval 0 --sign-key "$KEY_SEC" "$@" \
+    "$BIN" "$CACHE" -p 0 --bind 127.0.0.1 --watch poll --rescan-interval 0 --sign-key "$KEY_SEC" "$@" \
         < /dev/null > /dev/null 2> "$log" &
     REPLICA_PID=$!
     REPLICA_PORT=$(server_port "$log" "$REPLICA_PID")

@@ -27,6 +27,7 @@ use crate::served_times::{self, Recorder};
 use crate::signing::SigningKey;
 use crate::slots::UploadSlots;
 use crate::upload::{Stored, Target};
+use crate::watch::WatchMode;
 
 /// How to open a cache directory.
 #[derive(Debug, Clone)]
@@ -35,8 +36,11 @@ pub struct Config {
     pub root: PathBuf,
     /// Overrides `Priority:` in `nix-cache-info`.
     pub priority: Option<u32>,
-    /// How often the index is rebuilt from disk; zero turns background rescans off.
-    pub rescan_interval: Duration,
+    /// How often the index is rebuilt from disk; zero turns background rescans off. `None`:
+    /// every hour under inotify (a safety net), every minute in poll mode.
+    pub rescan_interval: Option<Duration>,
+    /// How the index learns about changes on disk.
+    pub watch: WatchMode,
     /// Accept PUT uploads from holders of these tokens; `None` keeps the cache read-only.
     pub uploads: Option<UploadConfig>,
     /// Keys every served narinfo is signed with (in addition to the signatures it has).
@@ -56,7 +60,8 @@ impl Config {
         Config {
             root: root.into(),
             priority: None,
-            rescan_interval: Duration::from_secs(60),
+            rescan_interval: None,
+            watch: WatchMode::Auto,
             uploads: None,
             sign_keys: Vec::new(),
             served_times_file: None,
@@ -106,7 +111,11 @@ struct Shared {
     canonical_root: PathBuf,
     priority: Option<u32>,
     info: RwLock<Arc<CacheInfo>>,
-    index: Index,
+    index: Arc<Index>,
+    /// The watch mode in use (`Auto` resolved).
+    watch: std::sync::OnceLock<WatchMode>,
+    /// Reloads `nix-cache-info`; called by the index's threads.
+    hook: crate::watch::Hook,
     uploads: Option<UploadConfig>,
     upload_slots: UploadSlots,
     /// `trusted-public-keys` entries of the signing keys, for the landing page.
@@ -155,52 +164,76 @@ impl Cache {
         if config.uploads.is_some() {
             crate::upload::check_writable(&config.root)?;
         }
-        for dir in ["", "nar", "log", "realisations", "debuginfo"] {
-            atomic::clean_stale(&config.root.join(dir));
-        }
-        // build-trace-v2/ holds one directory per derivation, where its uploads write.
-        if let Ok(entries) = std::fs::read_dir(config.root.join("build-trace-v2")) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    atomic::clean_stale(&entry.path());
+        let info = CacheInfo::load(&config.root, config.priority)?;
+        let index = Arc::new(Index::new(
+            &config.root,
+            &info.store_dir,
+            config.sign_keys.clone(),
+        ));
+        let weak_index = Arc::downgrade(&index);
+        let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
+            // The index's threads reload nix-cache-info through this; it never keeps the cache
+            // alive.
+            let weak = weak.clone();
+            let hook: crate::watch::Hook = Arc::new(move || match weak.upgrade() {
+                Some(shared) => {
+                    shared.reload_info();
+                    true
+                }
+                None => false,
+            });
+            Shared {
+                root: config.root.clone(),
+                canonical_root,
+                priority: config.priority,
+                info: RwLock::new(Arc::new(info)),
+                index,
+                watch: std::sync::OnceLock::new(),
+                hook,
+                uploads: config.uploads.clone(),
+                upload_slots: UploadSlots::new(
+                    config.uploads.as_ref().map_or(1, |u| u.max_concurrent),
+                ),
+                public_keys: RwLock::new(
+                    config
+                        .sign_keys
+                        .iter()
+                        .map(SigningKey::public_key)
+                        .collect(),
+                ),
+                metrics: Metrics::default(),
+                allow_linked_dirs: config.allow_linked_dirs,
+                trust_proxy_headers: config.trust_proxy_headers,
+                served_times: config.served_times_file.clone().map(Recorder::open),
+                connection_gauges: Mutex::new(Vec::new()),
+            }
+        });
+        // Serving starts now; the first scan runs in the background and lookups fall through
+        // to the disk until it is done (see `watch.rs`).
+        let index = weak_index.upgrade().expect("the cache holds its index");
+        let mode = crate::watch::resolve(config.watch, &config.root);
+        let interval = config.rescan_interval.unwrap_or(match mode {
+            WatchMode::Poll => crate::watch::POLL_RESCAN,
+            _ => crate::watch::INOTIFY_RESCAN,
+        });
+        // Listing a million names takes a while: the clean-up runs once every path is known,
+        // in the background (it only removes temporaries of processes that are gone).
+        let root = config.root.clone();
+        let prepare = Box::new(move || {
+            for dir in ["", "nar", "log", "realisations", "debuginfo"] {
+                atomic::clean_stale(&root.join(dir));
+            }
+            // build-trace-v2/ holds one directory per derivation, where its uploads write.
+            if let Ok(entries) = std::fs::read_dir(root.join("build-trace-v2")) {
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        atomic::clean_stale(&entry.path());
+                    }
                 }
             }
-        }
-        let info = CacheInfo::load(&config.root, config.priority)?;
-        let index = Index::new(&config.root, &info.store_dir, config.sign_keys.clone());
-        let shared = Arc::new(Shared {
-            root: config.root.clone(),
-            canonical_root,
-            priority: config.priority,
-            info: RwLock::new(Arc::new(info)),
-            index,
-            uploads: config.uploads.clone(),
-            upload_slots: UploadSlots::new(config.uploads.as_ref().map_or(1, |u| u.max_concurrent)),
-            public_keys: RwLock::new(
-                config
-                    .sign_keys
-                    .iter()
-                    .map(SigningKey::public_key)
-                    .collect(),
-            ),
-            metrics: Metrics::default(),
-            allow_linked_dirs: config.allow_linked_dirs,
-            trust_proxy_headers: config.trust_proxy_headers,
-            served_times: config.served_times_file.clone().map(Recorder::open),
-            connection_gauges: Mutex::new(Vec::new()),
         });
-        let stats = shared.index.rescan()?;
-        crate::index::give_back_free_memory();
-        log::info!(
-            "indexed {} narinfo files in {} ({} skipped) in {:.3}s",
-            stats.entries,
-            config.root.display(),
-            stats.skipped,
-            stats.duration.as_secs_f64()
-        );
-        if !config.rescan_interval.is_zero() {
-            start_rescans(Arc::downgrade(&shared), config.rescan_interval);
-        }
+        let mode = crate::watch::start(&index, mode, interval, shared.hook.clone(), prepare);
+        let _ = shared.watch.set(mode);
         if let Some(recorder) = &shared.served_times {
             log::info!(
                 "recording when narinfos are served in {}",
@@ -243,9 +276,26 @@ impl Cache {
         self.shared.index.last_scan()
     }
 
-    /// Rebuilds the index now (the background thread does this on its own).
+    /// Rebuilds the index now (the background threads do this on their own).
     pub fn rescan(&self) -> io::Result<ScanStats> {
-        self.shared.rescan()
+        self.shared.reload_info();
+        self.shared.index.rescan(None)
+    }
+
+    /// True once the first scan of the directory has ended. Until then every narinfo request
+    /// looks at the disk, so answers are right but cost more.
+    pub fn is_indexed(&self) -> bool {
+        self.shared.index.first_scan_done()
+    }
+
+    /// Blocks until the first scan has ended (for readiness notifications).
+    pub fn wait_until_indexed(&self) {
+        self.shared.index.wait_first_scan()
+    }
+
+    /// The watch mode in use: `Inotify` or `Poll` (`Auto` resolved).
+    pub fn watch_mode(&self) -> WatchMode {
+        self.shared.watch.get().copied().unwrap_or(WatchMode::Poll)
     }
 
     /// Saves when each narinfo was last served, if a file was configured (also done every
@@ -357,6 +407,8 @@ impl Cache {
     /// `GET /metrics`: Prometheus text format.
     pub fn metrics_text(&self) -> String {
         let scan = self.last_scan();
+        let index = &self.shared.index;
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         self.shared.metrics.render(Gauges {
             index_entries: self.len(),
             nar_bytes: self.total_nar_bytes(),
@@ -371,6 +423,14 @@ impl Cache {
                 .iter()
                 .map(|count| count())
                 .sum(),
+            index_complete: index.first_scan_done(),
+            index_read: index.first_read_done(),
+            index_watched: index.is_watched(),
+            watch_inotify: self.watch_mode() == WatchMode::Inotify,
+            watch_events: count(&index.counters.watch_events),
+            watch_overflows: count(&index.counters.overflows),
+            watch_losses: count(&index.counters.watch_losses),
+            rescans: count(&index.counters.rescans),
         })
     }
 
@@ -519,10 +579,7 @@ impl Cache {
                     .header("Content-Type", "text/x-nix-narinfo")
                     .header("Cache-Control", max_age::SHORT)
                     .header("ETag", format!("\"{:016x}\"", served.etag))
-                    .header(
-                        "Last-Modified",
-                        httpdate::fmt_http_date(entry.version.mtime),
-                    ))
+                    .header("Last-Modified", httpdate::fmt_http_date(entry.mtime())))
             }
             Ok(Lookup::Missing) => Ok(not_found()),
             Err(e) if is_denied(&e) => Ok(denied(hash, &e)),
@@ -604,7 +661,8 @@ impl Shared {
         self.info.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn rescan(&self) -> io::Result<ScanStats> {
+    /// Reads `nix-cache-info` again (before every rescan, and when inotify reports a change).
+    fn reload_info(&self) {
         match CacheInfo::load(&self.root, self.priority) {
             Ok(info) => *self.info.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(info),
             Err(e) => log::warn!(
@@ -612,50 +670,6 @@ impl Shared {
                 self.root.display()
             ),
         }
-        self.index.rescan()
-    }
-}
-
-/// The background rescan: ends when the cache is dropped.
-fn start_rescans(shared: Weak<Shared>, interval: Duration) {
-    let spawned = std::thread::Builder::new()
-        .name("rescan".into())
-        .spawn(move || {
-            // Background rescans must never make a request wait: they run on one thread at
-            // low priority (the first scan, at startup, still uses every core).
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .thread_name(|_| "rescan-worker".into())
-                .start_handler(|_| lower_thread_priority())
-                .build();
-            let pool = match pool {
-                Ok(pool) => pool,
-                Err(e) => {
-                    log::error!("could not start the rescan thread: {e}");
-                    return;
-                }
-            };
-            loop {
-                std::thread::sleep(interval);
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                match pool.install(|| shared.rescan()) {
-                    Ok(s) => log::debug!(
-                        "rescan: {} entries ({} unchanged, {} skipped) in {:.3}s",
-                        s.entries,
-                        s.reused,
-                        s.skipped,
-                        s.duration.as_secs_f64()
-                    ),
-                    Err(e) => log::error!("rescan of {} failed: {e}", shared.root.display()),
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!(
-            "could not start the rescan thread: {e}; the index is refreshed per request only"
-        );
     }
 }
 
@@ -674,25 +688,6 @@ fn start_saving_served_times(shared: Weak<Shared>) {
         });
     if let Err(e) = spawned {
         log::error!("could not start saving served times: {e}; they are saved at exit only");
-    }
-}
-
-/// Gives the calling thread the lowest scheduling priority (nice 19): it gets the CPU only
-/// when request threads leave some. Linux applies `setpriority` to a thread id as a thread's own.
-fn lower_thread_priority() {
-    // SAFETY: plain syscalls on the calling thread's own id.
-    let ok = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
-    };
-    if ok != 0 {
-        // Under systemd, a SystemCallFilter= without setpriority does this (the shipped unit
-        // allows it): rescans then compete with requests at normal priority.
-        log::warn!(
-            "could not lower the rescan thread's priority to nice 19: {}; rescans run at \
-             normal priority",
-            io::Error::last_os_error()
-        );
     }
 }
 

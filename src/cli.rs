@@ -18,7 +18,9 @@ pub struct Options {
     /// Open connections at most (`None`: the engine's default).
     pub max_connections: Option<usize>,
     pub priority: Option<u32>,
-    pub rescan_interval: Duration,
+    /// `None`: the default of the watch mode (see `Config::rescan_interval`).
+    pub rescan_interval: Option<Duration>,
+    pub watch: nix_binary_cache::WatchMode,
     pub log_level: log::LevelFilter,
     /// Secret key files; every narinfo served is signed with each.
     pub sign_keys: Vec<PathBuf>,
@@ -115,8 +117,13 @@ OPTIONS:
                                 [default: 100000]          (NIX_BINARY_CACHE_MAX_CONNECTIONS)
         --priority N            Priority advertised in nix-cache-info (lower wins; cache.nixos.org
                                 is 40) [default: the file's, else 40]     (NIX_BINARY_CACHE_PRIORITY)
+        --watch MODE            how the narinfo index follows the directory: `inotify` (misses
+                                answered from memory), `poll` (every miss looks at the disk; for
+                                NFS and other shared filesystems), or `auto` (poll on NFS, CIFS,
+                                FUSE, Ceph…, else inotify) [default: auto]  (NIX_BINARY_CACHE_WATCH)
         --rescan-interval SECS  rebuild the narinfo index every SECS seconds; 0 = never
-                                [default: 60]                       (NIX_BINARY_CACHE_RESCAN_INTERVAL)
+                                [default: 3600 with inotify, 60 with poll]
+                                                                    (NIX_BINARY_CACHE_RESCAN_INTERVAL)
         --log-level LEVEL       off, error, warn, info (one line per request), debug, trace
                                 [default: info]                           (NIX_BINARY_CACHE_LOG_LEVEL)
         --sign-key FILE         sign every narinfo served with this secret key (as written by
@@ -190,6 +197,11 @@ pub fn parse(
     let mut rescan: Option<u64> =
         env_value(&env, "NIX_BINARY_CACHE_RESCAN_INTERVAL", "rescan interval")?;
     let mut log_level = env_value(&env, "NIX_BINARY_CACHE_LOG_LEVEL", "log level")?;
+    let mut watch = env_value(
+        &env,
+        "NIX_BINARY_CACHE_WATCH",
+        "watch mode (inotify, poll or auto)",
+    )?;
     let mut sign_keys: Vec<PathBuf> = env("NIX_BINARY_CACHE_SIGN_KEY_FILE")
         .map(|v| {
             v.split(',')
@@ -251,6 +263,9 @@ pub fn parse(
             Long("priority") => priority = Some(value(&mut parser, "priority")?),
             Long("rescan-interval") => rescan = Some(value(&mut parser, "rescan interval")?),
             Long("log-level") => log_level = Some(value(&mut parser, "log level")?),
+            Long("watch") => {
+                watch = Some(value(&mut parser, "watch mode (inotify, poll or auto)")?)
+            }
             Long("sign-key") => cli_sign_keys.push(value::<PathBuf>(&mut parser, "key file")?),
             Long("upload-token-file") => {
                 upload_token_file = Some(value(&mut parser, "token file")?)
@@ -310,7 +325,8 @@ pub fn parse(
         threads,
         max_connections,
         priority,
-        rescan_interval: Duration::from_secs(rescan.unwrap_or(60)),
+        rescan_interval: rescan.map(Duration::from_secs),
+        watch: watch.unwrap_or_default(),
         log_level: log_level.unwrap_or(log::LevelFilter::Info),
         sign_keys,
         upload_token_file,
@@ -546,7 +562,8 @@ mod tests {
         };
         assert_eq!(o.port, 8080);
         assert_eq!(o.bind, IpAddr::V6(Ipv6Addr::UNSPECIFIED));
-        assert_eq!(o.rescan_interval, Duration::from_secs(60));
+        assert_eq!(o.rescan_interval, None);
+        assert_eq!(o.watch, nix_binary_cache::WatchMode::Auto);
         assert_eq!(o.log_level, log::LevelFilter::Info);
         assert_eq!(o.threads, None);
         assert_eq!(o.ops, OpsEndpoints::Main);
@@ -568,13 +585,16 @@ mod tests {
             "5",
             "--log-level",
             "warn",
+            "--watch",
+            "poll",
             "/c",
         ])
         .unwrap();
         let Command::Serve(o) = cmd else { panic!() };
         assert_eq!((o.port, o.threads, o.priority), (9000, Some(3), Some(10)));
         assert_eq!(o.bind, "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(o.rescan_interval, Duration::from_secs(5));
+        assert_eq!(o.rescan_interval, Some(Duration::from_secs(5)));
+        assert_eq!(o.watch, nix_binary_cache::WatchMode::Poll);
         assert_eq!(o.log_level, log::LevelFilter::Warn);
         assert_eq!(run(&["--port=1", "/c"]).map(|_| ()), Ok(()));
         assert_eq!(run(&["-h"]), Ok(Command::Help));
@@ -726,6 +746,7 @@ mod tests {
             (&["/a", "/b"][..], "only one PATH"),
             (&["--threads", "0", "/c"][..], "at least 1"),
             (&["--log-level", "loud", "/c"][..], "invalid log level"),
+            (&["--watch", "fanotify", "/c"][..], "invalid watch mode"),
             (&["--max-upload-size", "lots", "/c"][..], "invalid size"),
             (&["--max-uploads", "0", "/c"][..], "at least 1"),
             (

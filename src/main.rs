@@ -192,6 +192,7 @@ fn serve(options: cli::Options) -> Result<(), String> {
     let mut config = Config::new(&options.root);
     config.priority = options.priority;
     config.rescan_interval = options.rescan_interval;
+    config.watch = options.watch;
     config.sign_keys = load_keys(&options.sign_keys)?;
     config.uploads = upload_config(&options)?;
     config.served_times_file = options.state_file.clone();
@@ -218,9 +219,8 @@ fn serve(options: cli::Options) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         log::info!("/metrics and /health on http://{addr}");
     }
-    let entries = cache.len();
     let reloadable = cache.clone();
-    let mount = Mount::new("/", cache);
+    let mount = Mount::new("/", cache.clone());
     let mut running = Vec::new();
     for listener in listeners.sockets {
         let server = server::start(listener, mount.clone(), pool.clone());
@@ -233,7 +233,26 @@ fn serve(options: cli::Options) -> Result<(), String> {
         running.push(server);
     }
 
-    notify(&format!("READY=1\nSTATUS=serving {entries} narinfos"));
+    // Requests are answered from now on (from the disk while the first scan runs); systemd
+    // hears "ready" once the index is complete.
+    let indexed = cache.clone();
+    let readiness = std::thread::Builder::new()
+        .name("readiness".into())
+        .spawn(move || {
+            indexed.wait_until_indexed();
+            notify(&format!(
+                "READY=1\nSTATUS=serving {} narinfos ({})",
+                indexed.len(),
+                match indexed.watch_mode() {
+                    nix_binary_cache::WatchMode::Poll => "polling the disk",
+                    _ => "watching with inotify",
+                }
+            ));
+        });
+    if let Err(e) = readiness {
+        log::warn!("could not start the readiness thread ({e}); telling systemd now");
+        notify("READY=1");
+    }
     let signal = loop {
         match wait_for_signal(&signals) {
             libc::SIGHUP => reload(&options, &reloadable),
@@ -266,7 +285,7 @@ fn reload(options: &cli::Options, cache: &Cache) {
     match load_keys(&options.sign_keys) {
         Ok(keys) => match cache.set_sign_keys(keys) {
             Ok(stats) => log::info!(
-                "signing keys reloaded; {} narinfos indexed again",
+                "signing keys reloaded; {} narinfos are signed with them when next served",
                 stats.entries
             ),
             Err(e) => log::warn!("signing keys reloaded, but the index rescan failed: {e}"),

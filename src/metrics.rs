@@ -137,6 +137,18 @@ pub struct Gauges {
     /// narinfo files the last scan skipped (malformed, unreadable).
     pub skipped_narinfos: usize,
     pub open_connections: usize,
+    /// The first scan has ended.
+    pub index_complete: bool,
+    /// Every file the first scan listed has been read.
+    pub index_read: bool,
+    /// Misses are answered from memory (inotify watching, map in step).
+    pub index_watched: bool,
+    /// inotify mode (else poll).
+    pub watch_inotify: bool,
+    pub watch_events: u64,
+    pub watch_overflows: u64,
+    pub watch_losses: u64,
+    pub rescans: u64,
 }
 
 impl Metrics {
@@ -280,6 +292,60 @@ impl Metrics {
             "nbc_index_skipped_narinfos",
             "narinfo files the last scan skipped (malformed or unreadable; the log names them).",
             g.skipped_narinfos.to_string(),
+        );
+        gauge(
+            &mut out,
+            "nbc_index_complete",
+            "1 once the first scan of the cache directory has ended.",
+            (g.index_complete as u8).to_string(),
+        );
+        gauge(
+            &mut out,
+            "nbc_index_read",
+            "1 once every narinfo file the first scan listed has been read into memory.",
+            (g.index_read as u8).to_string(),
+        );
+        gauge(
+            &mut out,
+            "nbc_index_watched",
+            "1 while narinfo misses are answered from memory (inotify in step); 0: from disk.",
+            (g.index_watched as u8).to_string(),
+        );
+        gauge(
+            &mut out,
+            "nbc_watch_inotify",
+            "1 in inotify mode, 0 in poll mode (--watch).",
+            (g.watch_inotify as u8).to_string(),
+        );
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            );
+        };
+        counter(
+            &mut out,
+            "nbc_watch_events_total",
+            "narinfo changes reported by inotify and applied to the index.",
+            g.watch_events,
+        );
+        counter(
+            &mut out,
+            "nbc_watch_overflows_total",
+            "inotify queue overflows (each one causes a full rescan).",
+            g.watch_overflows,
+        );
+        counter(
+            &mut out,
+            "nbc_watch_losses_total",
+            "Times the cache directory could not be watched or stopped being watched.",
+            g.watch_losses,
+        );
+        counter(
+            &mut out,
+            "nbc_rescans_total",
+            "Full scans of the cache directory (the first one included).",
+            g.rescans,
         );
         let process = process_stats::read();
         let figures = [

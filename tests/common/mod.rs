@@ -154,7 +154,15 @@ impl Server {
                 );
             }
         };
-        Server { child, port, log }
+        let server = Server { child, port, log };
+        // Requests are served while the first scan runs (from the disk); the tests that look
+        // at counts, metrics or the log expect the index to be complete.
+        assert!(
+            server.wait_for_log("indexed ", Duration::from_secs(20)),
+            "the first scan did not finish; log:\n{}",
+            server.log()
+        );
+        server
     }
 
     pub fn url(&self) -> String {
