@@ -12,7 +12,6 @@ mod body;
 pub(crate) mod conn;
 pub mod head;
 mod output;
-mod stash;
 mod sys;
 
 use std::io;
@@ -76,8 +75,6 @@ const WAKER: u64 = u64::MAX - 1;
 /// Bytes one event may push before the connection goes to the back of the queue.
 const PUSH_BUDGET: u64 = 4 << 20;
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
-/// Events taken from epoll at once by one thread.
-const BATCH: usize = 8;
 /// Unsent bytes a connection may queue in the kernel (see [`sys::set_notsent_lowat`]).
 const NOTSENT_LOWAT: u32 = 256 * 1024;
 
@@ -158,21 +155,12 @@ impl Engine {
                 },
                 None => None,
             };
-            let token = match stash::pop(self) {
-                Some(token) => token,
-                None => {
-                    waited = true;
-                    // Several events at once: fewer wake-ups under load. The rest wait in this
-                    // thread's stash and are handled by its next calls.
-                    let mut tokens = [0u64; BATCH];
-                    let n = self.epoll.wait(&mut tokens, left)?;
-                    if n == 0 {
-                        continue;
-                    }
-                    stash::push(self, &tokens[1..n]);
-                    tokens[0]
-                }
-            };
+            waited = true;
+            let mut tokens = [0u64; 1];
+            if self.epoll.wait(&mut tokens, left)? == 0 {
+                continue;
+            }
+            let token = tokens[0];
             match token {
                 LISTENER => {
                     self.contained(token, |e| {
@@ -201,11 +189,13 @@ impl Engine {
             Err(_) => {
                 log::error!("a panic while handling a connection event; closing that connection");
                 if token == LISTENER {
-                    let _ = self
-                        .epoll
-                        .rearm(self.listener.raw_fd(), Interest::Read, LISTENER);
-                } else if let Some(conn) = self.slab().get(token) {
-                    self.close(&conn);
+                    self.rearm_listener();
+                } else {
+                    // The slab's lock must be released before `close` takes it again.
+                    let conn = self.slab().get(token);
+                    if let Some(conn) = conn {
+                        self.close(&conn);
+                    }
                 }
                 None
             }
@@ -243,10 +233,18 @@ impl Engine {
                 }
             }
         }
-        if !self.stopping.load(Ordering::SeqCst) {
-            let _ = self
+        self.rearm_listener();
+    }
+
+    /// Hands the listener back to epoll; if that fails, the sweeper tries again.
+    fn rearm_listener(&self) {
+        if !self.stopping.load(Ordering::SeqCst)
+            && self
                 .epoll
-                .rearm(self.listener.raw_fd(), Interest::Read, LISTENER);
+                .rearm(self.listener.raw_fd(), Interest::Read, LISTENER)
+                .is_err()
+        {
+            self.accept_paused.store(true, Ordering::SeqCst);
         }
     }
 
@@ -314,8 +312,11 @@ impl Engine {
             max_headers: self.limits.max_headers,
         };
         let mut state = conn.state();
+        // Parse only when a line may have ended (or the limit is reached): a head sent a byte at
+        // a time is then not parsed again for every byte.
+        let mut worth_parsing = true;
         loop {
-            if !state.unread().is_empty() {
+            if worth_parsing && !state.unread().is_empty() {
                 match head::parse(state.unread(), limits) {
                     Ok(Some(head)) => {
                         state.consume(head.len);
@@ -354,7 +355,10 @@ impl Engine {
                     self.close(conn);
                     return None;
                 }
-                Ok(_) => {
+                Ok(n) => {
+                    let unread = state.unread();
+                    worth_parsing = unread[unread.len() - n..].contains(&b'\n')
+                        || unread.len() > self.limits.max_head_bytes;
                     if let Phase::Head { since: None } = state.phase {
                         // The first byte of a new request on a kept-alive connection.
                         let now = Instant::now();
@@ -469,21 +473,23 @@ impl Engine {
         self.arm(conn, Interest::Read, deadline);
     }
 
+    /// Drops what a closing connection's client still sends. It is closed when the client
+    /// closes too, or at its deadline; closing while input arrives would reset the connection
+    /// and could destroy the response before the client has read it.
     fn drain_lingering(&self, conn: &Arc<Conn>) {
         let mut scratch = [0u8; 16 * 1024];
         for _ in 0..8 {
             match sys::recv(conn.fd(), &mut scratch) {
-                Ok(0) => break,
+                Ok(0) => return self.close(conn),
                 Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let deadline = conn.state().deadline;
-                    self.arm(conn, Interest::Read, deadline);
-                    return;
-                }
-                Err(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.close(conn),
             }
         }
-        self.close(conn);
+        // More may come (or the 8 reads were not enough): wait again, up to the deadline.
+        let deadline = conn.state().deadline;
+        self.arm(conn, Interest::Read, deadline);
     }
 
     /// Forgets the connection; its socket closes when the last reference goes.
@@ -494,20 +500,6 @@ impl Engine {
         drop(removed);
     }
 
-    /// Hands a connection whose event was taken but not handled back to epoll (a thread ended
-    /// with events in its stash). Readable-or-writable fires at once for whatever it waits for.
-    fn rearm_token(&self, token: u64) {
-        if token == LISTENER {
-            let _ = self
-                .epoll
-                .rearm(self.listener.raw_fd(), Interest::Read, LISTENER);
-        } else if let Some(conn) = self.slab().get(token) {
-            let _ = self
-                .epoll
-                .rearm(conn.fd().as_raw_fd(), Interest::ReadOrWrite, token);
-        }
-    }
-
     /// A connection leaves the engine for good ([`crate::Request::upgrade`]).
     pub fn detach(&self, conn: &Conn) {
         self.slab().remove(conn.token);
@@ -516,11 +508,8 @@ impl Engine {
 
     /// Closes connections whose deadline passed (and, when stopping, idle ones).
     fn sweep(&self) {
-        if self.accept_paused.swap(false, Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst)
-        {
-            let _ = self
-                .epoll
-                .rearm(self.listener.raw_fd(), Interest::Read, LISTENER);
+        if self.accept_paused.swap(false, Ordering::SeqCst) {
+            self.rearm_listener();
         }
         let now = self.millis(Instant::now());
         let stopping = self.stopping.load(Ordering::SeqCst);
@@ -567,7 +556,10 @@ fn sweep_until_dropped(engine: Weak<Engine>) {
         let Some(engine) = engine.upgrade() else {
             return;
         };
-        engine.sweep();
+        // Without this thread no deadline would ever be enforced again: survive anything.
+        if catch_unwind(AssertUnwindSafe(|| engine.sweep())).is_err() {
+            log::error!("a panic in the connection sweeper; it goes on");
+        }
     }
 }
 
