@@ -257,6 +257,11 @@ impl ResponseWriter {
         let (Some(mut reader), Some(mut output)) = (self.reader.take(), self.output.take()) else {
             return;
         };
+        // A writer dropped by a panic may have sent a head without its body, and one with
+        // nothing at all written sent no response: either way the connection cannot go on.
+        if std::thread::panicking() || output.is_empty() {
+            self.failed = true;
+        }
         if self.failed {
             output.complete(Err(io::Error::other("the response could not be written")));
             self.engine.close(&reader.conn);

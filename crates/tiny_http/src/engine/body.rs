@@ -163,6 +163,13 @@ impl Body {
                         }
                         self.fill(conn, state, wait)?;
                     };
+                    // They must still be field lines: anything else could be a request hidden
+                    // from a proxy that frames the body differently.
+                    let mut fields = [httparse::EMPTY_HEADER; 32];
+                    match httparse::parse_headers(&state.unread()[..end], &mut fields) {
+                        Ok(httparse::Status::Complete(_)) => {}
+                        _ => return Err(malformed("trailer section is not header fields")),
+                    }
                     state.consume(end);
                     self.stage = Stage::Done;
                 }

@@ -121,6 +121,16 @@ impl State {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let n = sys::recv(fd, &mut scratch[..room])?;
+            // Grow by doubling, but never past `max`: a head arriving byte by byte must not
+            // leave its connection holding twice the limit.
+            let need = self.buf.len() + n;
+            if need > self.buf.capacity() {
+                let target = (self.buf.capacity() * 2)
+                    .max(need)
+                    .max(256)
+                    .min(max.max(need));
+                self.buf.reserve_exact(target - self.buf.len());
+            }
             self.buf.extend_from_slice(&scratch[..n]);
             Ok(n)
         })

@@ -60,6 +60,11 @@ impl Output {
         }
     }
 
+    /// Nothing was ever queued for this response.
+    pub fn is_empty(&self) -> bool {
+        self.written == 0 && self.bytes.is_empty() && self.file.is_none()
+    }
+
     pub fn has_file(&self) -> bool {
         self.file.is_some()
     }
@@ -160,7 +165,15 @@ impl Output {
     /// Reports the outcome (once) and releases the in-flight count.
     pub fn complete(&mut self, result: io::Result<()>) {
         if let Some(f) = self.on_done.take() {
-            f(result.map(|()| self.written));
+            let written = self.written;
+            // The callback is the application's; it runs on an engine thread (a worker or the
+            // sweeper), which must not die or leave the connection held if it panics.
+            let reported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                f(result.map(|()| written))
+            }));
+            if reported.is_err() {
+                log::error!("a response's completion callback panicked");
+            }
         }
         if let Some(n) = self.in_flight.take() {
             n.fetch_sub(1, Ordering::SeqCst);
