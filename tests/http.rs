@@ -357,9 +357,17 @@ fn index_follows_the_disk_without_waiting_for_a_rescan() {
 
     let path = format!("/{hash}.narinfo");
     assert_eq!(server.get(&path).status, 404);
-    // Appears on disk (as `nix copy --to file://` does, by rename): served on the next request.
+    // Appears on disk (as `nix copy --to file://` does, by rename): served as soon as the watch
+    // reports it, long before any rescan (tests/index_watch.rs holds it to 100 ms).
     std::fs::rename(moved.path().join("x"), root.join(format!("{hash}.narinfo"))).unwrap();
-    let r = server.get(&path);
+    let appeared = Instant::now();
+    let r = loop {
+        let r = server.get(&path);
+        if r.status == 200 || appeared.elapsed() > Duration::from_secs(2) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert_eq!((r.status, r.text()), (200, text.clone()));
     // Rewritten: the old bytes for at most REVALIDATE_AFTER, then the new ones.
     let changed = text.replace("Compression: xz", "Compression: xz\nFuture: 1");
