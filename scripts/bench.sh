@@ -145,8 +145,8 @@ need curl curl
 need python3 python3
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
-# Client sockets for wrk, server-side sockets (tiny_http holds two descriptors per connection:
-# a reader and a writer), files being sent. The servers inherit this limit; ours raises its soft
+# Client sockets for wrk, server-side sockets (one descriptor per connection in our epoll
+# engine), files being sent. The servers inherit this limit; ours raises its soft
 # limit to the hard limit itself. Without CAP_SYS_RESOURCE (containers) the hard limit caps it.
 NOFILE_WANT=65536
 ulimit -n "$NOFILE_WANT" 2>/dev/null || {
@@ -807,8 +807,8 @@ THREADS_NOTE="${THREADS:-default}"
             [ -n "${MANY[$srv|logmsg]:-}" ] && echo "- $srv logged: ${MANY[$srv|logmsg]}"
         done
         echo
-        echo "tiny_http (ours and the floor) holds two descriptors (a reader and a writer) and one thread per"
-        echo "connection: with an open-file limit of L it can hold about L/2 connections."
+        echo "Ours and the floor run on our epoll engine (crates/tiny_http): one descriptor and no thread per"
+        echo "connection, so an open-file limit of L holds about L connections."
     fi
     echo
     echo "### Index build at startup (ours)"
