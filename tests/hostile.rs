@@ -11,40 +11,11 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const TOKEN: &str = "hostile-token";
-
-/// The tests that open thousands of connections or load the cores run one at a time.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Raises this process's soft open-file limit to its hard limit; fails clearly if that is
-/// below `need`.
-fn raise_open_file_limit(need: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-    }
-    assert!(
-        limit.rlim_cur >= need,
-        "this test needs {need} open files but the hard limit is {} (ulimit -Hn)",
-        limit.rlim_max
-    );
-}
 
 /// A loopback port nothing listens on (for `--metrics ADDR`).
 fn free_port() -> u16 {

@@ -11,8 +11,8 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,34 +23,6 @@ const SLOW_READERS: usize = 100;
 /// Far more than a socket's buffers on both sides can hold, so a slow reader keeps the server's
 /// send blocked for the whole test.
 const NAR_SIZE: u64 = 16 << 20;
-
-/// The tests load the same cores: run them one at a time.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Raises this process's soft open-file limit to its hard limit (the server does the same for
-/// itself); fails clearly if even that is too low.
-fn raise_open_file_limit(need: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-    }
-    assert!(
-        limit.rlim_cur >= need,
-        "this test needs {need} open files but the hard limit is {} (ulimit -Hn)",
-        limit.rlim_max
-    );
-}
 
 /// A copy of cache-xz plus a large NAR (sparse: no disk, read like any file). Returns the
 /// directory, a narinfo path and the NAR path.
@@ -477,17 +449,12 @@ fn short_timeouts_close_slowloris_connections_and_stalled_downloads() {
     assert_eq!(server.get(&narinfo).status, 200, "still serving");
 }
 
-/// Status of a process from /proc: (threads, VmRSS in KiB).
+/// Threads and VmRSS (KiB) of a process.
 fn threads_and_rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("Threads:"), field("VmRSS:"))
+    (
+        proc_status_field(pid, "Threads:"),
+        proc_status_field(pid, "VmRSS:"),
+    )
 }
 
 /// Reads one whole response (head and Content-Length body) off a keep-alive connection.

@@ -285,17 +285,51 @@ pub fn parse_replies(mut bytes: &[u8], head: bool) -> Vec<Reply> {
     replies
 }
 
+/// One numeric field of /proc/PID/status (`"VmRSS:"`, `"Threads:"` …); 0 if absent.
+pub fn proc_status_field(pid: u32, name: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Resident and peak memory of a process, in KiB, from /proc.
 pub fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
+    (
+        proc_status_field(pid, "VmRSS:"),
+        proc_status_field(pid, "VmHWM:"),
+    )
+}
+
+/// Tests that open thousands of connections or load the cores run one at a time (within one
+/// test binary).
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Raises this process's soft open-file limit to its hard limit (the server does the same for
+/// itself); fails clearly if that is below `need`.
+pub fn raise_open_file_limit(need: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+    assert!(
+        limit.rlim_cur >= need,
+        "this test needs {need} open files but the hard limit is {} (ulimit -Hn)",
+        limit.rlim_max
+    );
 }
 
 /// Receive buffer for clients that read slowly (the kernel doubles it): small enough that a
