@@ -90,8 +90,16 @@ pub fn send(
 ) {
     let head_only = request.method() == &Method::Head;
     let close = close || wants_close(&request);
+    // An HTTP/1.0 connection persists only if the answer says so (RFC 9112, 9.3); one that
+    // did not ask for keep-alive is closed (`wants_close`).
+    let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
+    let connection = match (close, http10) {
+        (true, _) => Some("close"),
+        (false, true) => Some("keep-alive"),
+        (false, false) => None,
+    };
     let mut head = Vec::with_capacity(256 + small_body_len(&response.body, head_only));
-    write_head(&mut head, &response, close);
+    write_head(&mut head, &response, connection);
     let body = if head_only {
         Body::Empty
     } else {
@@ -189,8 +197,9 @@ fn small_body_len(body: &Body, head_only: bool) -> usize {
     }
 }
 
-/// Status line and headers, ending with the blank line.
-fn write_head(out: &mut Vec<u8>, response: &Response, close: bool) {
+/// Status line and headers, ending with the blank line; `connection` is the `Connection`
+/// header's value, if one is sent.
+fn write_head(out: &mut Vec<u8>, response: &Response, connection: Option<&str>) {
     let status = response.status;
     // Writing into a Vec cannot fail.
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
@@ -204,8 +213,8 @@ fn write_head(out: &mut Vec<u8>, response: &Response, close: bool) {
     if status != 304 && status >= 200 {
         let _ = write!(out, "Content-Length: {}\r\n", response.body.len());
     }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
+    if let Some(value) = connection {
+        let _ = write!(out, "Connection: {value}\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -261,7 +270,7 @@ mod tests {
     fn head_has_length_and_close() {
         let r = Response::text(404, "no such path").header("Cache-Control", "max-age=5");
         let mut out = Vec::new();
-        write_head(&mut out, &r, true);
+        write_head(&mut out, &r, Some("close"));
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
         assert!(text.contains("\r\nContent-Length: 13\r\n"));
@@ -271,9 +280,17 @@ mod tests {
     }
 
     #[test]
+    fn kept_alive_http10_is_told_so() {
+        let mut out = Vec::new();
+        write_head(&mut out, &Response::text(200, "x"), Some("keep-alive"));
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\r\nConnection: keep-alive\r\n"), "{text}");
+    }
+
+    #[test]
     fn not_modified_has_no_length() {
         let mut out = Vec::new();
-        write_head(&mut out, &Response::new(304, Body::Empty), false);
+        write_head(&mut out, &Response::new(304, Body::Empty), None);
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains("Content-Length"));
         assert!(!text.contains("Connection"));
