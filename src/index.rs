@@ -467,8 +467,10 @@ impl Index {
     /// time, then kept. Notes the time, for [`Index::served_times`].
     pub fn served(&self, entry: &Entry) -> Served {
         let now = unix_now();
-        // A load first: the cache line stays shared while the second has not changed.
-        if entry.served_unix.load(Ordering::Relaxed) != now {
+        // To the minute (gc works in days): most hits then only read the entry, where a store
+        // on every hit dirtied a cache line per request (4.6% of the server's samples in `perf`
+        // at c=1000 over 100,000 narinfos).
+        if now >= entry.served_unix.load(Ordering::Relaxed) + SERVED_RESOLUTION_SECS {
             entry.served_unix.store(now, Ordering::Relaxed);
         }
         match entry.loaded() {
@@ -812,6 +814,9 @@ pub fn narinfo_hash(name: &[u8]) -> Option<&[u8; 32]> {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// How finely the last-served time of a narinfo is kept.
+const SERVED_RESOLUTION_SECS: u64 = 60;
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
