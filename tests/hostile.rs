@@ -17,6 +17,23 @@ use common::*;
 
 const TOKEN: &str = "hostile-token";
 
+/// `n` keep-alive connections that each sent one request (all at once) and got its 200.
+fn answered_connections(port: u16, n: usize) -> Vec<TcpStream> {
+    let mut open = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        s.write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        open.push(s);
+    }
+    for (i, s) in open.iter_mut().enumerate() {
+        let status = read_reply(s, Duration::from_secs(20)).map(|r| r.status);
+        assert_eq!(status, Some(200), "connection {i}");
+    }
+    open
+}
+
 /// A loopback port nothing listens on (for `--metrics ADDR`).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -164,22 +181,6 @@ fn threads(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("Threads:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap()
-}
-
-/// TCP state of the server's end of the connection from `client_port`, from /proc/net/tcp:
-/// `Some(1)` is ESTABLISHED; anything else means the server closed or shut it down.
-fn server_side_state(server_port: u16, client_port: u16) -> Option<u8> {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let port_of = |addr: &str| {
-        addr.rsplit(':')
-            .next()
-            .and_then(|p| u16::from_str_radix(p, 16).ok())
-    };
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        (f.len() > 3 && port_of(f[1]) == Some(server_port) && port_of(f[2]) == Some(client_port))
-            .then(|| u8::from_str_radix(f[3], 16).unwrap_or(0))
-    })
 }
 
 /// Bytes the server's sockets on `server_port` hold unacknowledged or unsent (the `tx_queue`
@@ -359,18 +360,7 @@ fn ten_thousand_idle_connections_hold_no_threads_little_memory_and_no_latency() 
     let (rss_before, _) = memory_kib(pid);
 
     // Keep-alive connections that made one request each, then went quiet.
-    let mut idle = Vec::with_capacity(IDLE);
-    for i in 0..IDLE {
-        let mut s = TcpStream::connect(("127.0.0.1", server.port))
-            .unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
-        s.write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        idle.push(s);
-    }
-    for (i, s) in idle.iter_mut().enumerate() {
-        let reply = read_reply(s, Duration::from_secs(20)).map(|r| r.status);
-        assert_eq!(reply, Some(200), "idle connection {i}");
-    }
+    let idle = answered_connections(server.port, IDLE);
     std::thread::sleep(Duration::from_millis(500));
 
     let threads_after = threads(pid);
@@ -459,18 +449,7 @@ fn a_server_that_cannot_start_threads_keeps_serving() {
     let (_dir, _secrets, server) = upload_server(&["--threads", "2", "--access-log", "off"]);
     let limit = TaskLimit::freeze_threads(server.pid());
     // Many connections at once, each answered, and kept open.
-    let mut open = Vec::with_capacity(CONNECTIONS);
-    for i in 0..CONNECTIONS {
-        let mut s = TcpStream::connect(("127.0.0.1", server.port))
-            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-        s.write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        open.push(s);
-    }
-    for (i, s) in open.iter_mut().enumerate() {
-        let status = read_reply(s, Duration::from_secs(20)).map(|r| r.status);
-        assert_eq!(status, Some(200), "connection {i}");
-    }
+    let open = answered_connections(server.port, CONNECTIONS);
     // An upload wants a thread of its own; without one it must still be served.
     let nar = b"uploaded without a thread".to_vec();
     let path = format!("/nar/{}.nar", nix32_sha256(&nar));

@@ -303,6 +303,23 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     )
 }
 
+/// TCP state of the server's end of the connection from `client_port` to `server_port`, from
+/// /proc/net/tcp: `Some(1)` is ESTABLISHED; anything else means the server shut it down or
+/// closed it (FIN_WAIT1 while its FIN waits behind unread data), `None` that it is gone.
+pub fn server_side_state(server_port: u16, client_port: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port_of = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 3 && port_of(f[1]) == Some(server_port) && port_of(f[2]) == Some(client_port))
+            .then(|| u8::from_str_radix(f[3], 16).unwrap_or(0))
+    })
+}
+
 /// Tests that open thousands of connections or load the cores run one at a time (within one
 /// test binary).
 pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
