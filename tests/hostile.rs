@@ -453,14 +453,8 @@ fn a_server_that_cannot_start_threads_keeps_serving() {
     // An upload wants a thread of its own; without one it must still be served.
     let nar = b"uploaded without a thread".to_vec();
     let path = format!("/nar/{}.nar", nix32_sha256(&nar));
-    let mut raw = format!(
-        "PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Connection: close\r\nContent-Length: {}\r\n\r\n",
-        nar.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(&nar);
-    assert_eq!(exchange(server.port, &raw).map(|r| r.status), Some(200));
+    let auth = format!("Bearer {TOKEN}");
+    assert_eq!(put(server.port, &path, &nar, Some(&auth)).status, 200);
     assert!(
         limit.refusals() > 0,
         "the task limit was never reached: the test proved nothing"
@@ -854,18 +848,11 @@ fn a_stalled_upload_releases_its_slot_at_the_stall_timeout() {
     let start = Instant::now();
     let nar = b"the second upload".to_vec();
     let path = format!("/nar/{}.nar", nix32_sha256(&nar));
-    let mut raw = format!(
-        "PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Connection: close\r\nContent-Length: {}\r\n\r\n",
-        nar.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(&nar);
     // The second upload waits for the place (issue 12: no 503 for a PUT) and gets it when the
     // stalled one is abandoned at its stall timeout.
-    let status = exchange(server.port, &raw).map(|r| r.status);
+    let status = put(server.port, &path, &nar, Some(&format!("Bearer {TOKEN}"))).status;
     let took = start.elapsed();
-    assert_eq!(status, Some(200), "the second upload after {took:?}");
+    assert_eq!(status, 200, "the second upload after {took:?}");
     assert!(
         took >= Duration::from_millis(1000),
         "the slot was not held while the first upload stalled: answered after {took:?}"

@@ -26,27 +26,6 @@ fn bearer() -> String {
     format!("Bearer {TOKEN}")
 }
 
-/// PUT with a body on a fresh connection.
-fn put(port: u16, path: &str, body: &[u8], auth: Option<&str>) -> Reply {
-    let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
-    put_with(port, path, body, &headers)
-}
-
-/// PUT with a body and extra headers on a fresh connection.
-fn put_with(port: u16, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
-    let mut raw = format!(
-        "PUT {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        raw.push_str(&format!("{name}: {value}\r\n"));
-    }
-    raw.push_str("\r\n");
-    let mut bytes = raw.into_bytes();
-    bytes.extend_from_slice(body);
-    parse_replies(&raw_exchange(port, &bytes), false).remove(0)
-}
-
 #[test]
 fn uploads_are_off_by_default() {
     let server = Server::start(&fixtures().join("cache-xz"), &[]);

@@ -251,6 +251,27 @@ pub fn raw_exchange(port: u16, raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// PUT with a body on a fresh connection.
+pub fn put(port: u16, path: &str, body: &[u8], auth: Option<&str>) -> Reply {
+    let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+    put_with(port, path, body, &headers)
+}
+
+/// PUT with a body and extra headers on a fresh connection.
+pub fn put_with(port: u16, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+    let mut raw = format!(
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    raw.push_str("\r\n");
+    let mut bytes = raw.into_bytes();
+    bytes.extend_from_slice(body);
+    parse_replies(&raw_exchange(port, &bytes), false).remove(0)
+}
+
 /// Splits a byte stream into responses, using Content-Length (no body for HEAD/304).
 pub fn parse_replies(mut bytes: &[u8], head: bool) -> Vec<Reply> {
     let mut replies = Vec::new();
