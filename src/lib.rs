@@ -21,40 +21,29 @@
 //! }
 //! ```
 
-mod atomic;
-pub mod auth;
-mod cache;
-mod cache_info;
-pub mod encoding;
-mod files;
-pub mod gc;
-mod immutable;
-mod index;
-mod inotify;
-mod landing;
-pub mod metrics;
-mod mount;
-pub mod narinfo;
-pub mod nix32;
-mod process_stats;
-pub mod range;
-mod response;
-pub mod route;
-pub mod send;
-pub mod served_times;
+//! The crate is layered as folders; imports point down only:
+//!
+//! ```text
+//! server  threads, listeners, the engine glue (the binary's standalone server)
+//!   http  what a request is answered: Cache, Mount, Response, conditional requests, metrics
+//!  store  the cache directory: files, the narinfo index, uploads, temporary files
+//!    nix  pure formats: nix32, narinfo, nix-cache-info, the cache's paths, signing
+//!     os  every libc call, behind safe functions
+//! ```
+//!
+//! `ops` (verify, gc) works on a directory beside the server, on `store` and `nix`.
+
+#![deny(unsafe_code)]
+
+pub mod http;
+pub mod nix;
+pub mod ops;
+#[allow(unsafe_code)]
+pub mod os;
 #[cfg(feature = "engine")]
 pub mod server;
-pub mod signing;
-pub mod slots;
-pub mod systemd;
-pub mod upload;
-pub mod verify;
-mod watch;
+pub mod store;
 
-pub use auth::Tokens;
-pub use cache::{Cache, Config, UploadConfig};
-pub use cache_info::CacheInfo;
-pub use index::{REVALIDATE_AFTER, ScanStats};
-pub use mount::Mount;
-pub use response::{Body, Response};
-pub use watch::WatchMode;
+pub use http::{Body, Cache, Config, Mount, Response, Tokens, UploadConfig};
+pub use nix::cache_info::CacheInfo;
+pub use store::{REVALIDATE_AFTER, ScanStats, WatchMode};

@@ -1,12 +1,15 @@
 //! `nix-binary-cache`: the command-line front of the library.
 
+#![deny(unsafe_code)]
+
 mod cli;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use nix_binary_cache::nix::signing::SigningKey;
+use nix_binary_cache::os::{SIGHUP, StopSignals};
 use nix_binary_cache::server::{self, PoolConfig};
-use nix_binary_cache::signing::SigningKey;
 use nix_binary_cache::{Cache, Config, Mount, Tokens, UploadConfig};
 
 fn main() -> ExitCode {
@@ -49,7 +52,7 @@ fn run_verify(root: &std::path::Path, quick: bool, allow_linked_dirs: bool) -> E
     use std::io::IsTerminal;
     let tty = std::io::stderr().is_terminal();
     let mut last_draw = std::time::Instant::now();
-    let mut progress = |p: nix_binary_cache::verify::Progress| {
+    let mut progress = |p: nix_binary_cache::ops::verify::Progress| {
         if tty && last_draw.elapsed().as_millis() > 200 {
             eprint!(
                 "\rhashing NARs: {}/{} ({} MiB)   ",
@@ -60,11 +63,11 @@ fn run_verify(root: &std::path::Path, quick: bool, allow_linked_dirs: bool) -> E
             last_draw = std::time::Instant::now();
         }
     };
-    let options = nix_binary_cache::verify::VerifyOptions {
+    let options = nix_binary_cache::ops::verify::VerifyOptions {
         quick,
         allow_linked_dirs,
     };
-    match nix_binary_cache::verify::verify(root, &options, &mut progress) {
+    match nix_binary_cache::ops::verify::verify(root, &options, &mut progress) {
         Ok(report) => {
             if tty {
                 eprintln!();
@@ -97,7 +100,7 @@ fn run_gc(
     dry_run: bool,
     state_files: &[std::path::PathBuf],
 ) -> ExitCode {
-    use nix_binary_cache::gc;
+    use nix_binary_cache::ops::gc;
     let policy = gc::GcPolicy {
         older_than: days.map(|d| std::time::Duration::from_secs_f64(d * 86400.0)),
         max_size,
@@ -163,10 +166,10 @@ fn run_gc(
 /// The servers' records of when they served each narinfo, merged; `None` if no file exists.
 fn served_times(
     files: &[std::path::PathBuf],
-) -> std::io::Result<Option<nix_binary_cache::served_times::ServedTimes>> {
-    let mut merged: Option<nix_binary_cache::served_times::ServedTimes> = None;
+) -> std::io::Result<Option<nix_binary_cache::store::served_times::ServedTimes>> {
+    let mut merged: Option<nix_binary_cache::store::served_times::ServedTimes> = None;
     for file in files {
-        if let Some(times) = nix_binary_cache::served_times::ServedTimes::load(file)? {
+        if let Some(times) = nix_binary_cache::store::served_times::ServedTimes::load(file)? {
             merged.get_or_insert_default().merge(times);
         }
     }
@@ -182,10 +185,10 @@ fn fail(message: &str) -> ExitCode {
 fn serve(options: cli::Options) -> Result<(), String> {
     init_logging(options.log_level, options.access_log);
     // Block SIGINT/SIGTERM/SIGHUP before any thread starts, so every thread inherits the mask
-    // and only `wait_for_signal` below receives them.
-    let signals = block_signals();
+    // and only `signals.wait()` below receives them.
+    let signals = StopSignals::block();
 
-    raise_open_file_limit();
+    nix_binary_cache::os::raise_open_file_limit();
     let listeners = listeners(&options)?;
     let from_systemd = listeners.from_systemd;
 
@@ -254,8 +257,8 @@ fn serve(options: cli::Options) -> Result<(), String> {
         notify("READY=1");
     }
     let signal = loop {
-        match wait_for_signal(&signals) {
-            libc::SIGHUP => reload(&options, &reloadable),
+        match signals.wait() {
+            SIGHUP => reload(&options, &reloadable),
             stop => break stop,
         }
     };
@@ -303,7 +306,7 @@ struct Listeners {
 }
 
 fn listeners(options: &cli::Options) -> Result<Listeners, String> {
-    let passed = nix_binary_cache::systemd::listen_fds().map_err(|e| e.to_string())?;
+    let passed = nix_binary_cache::os::systemd::listen_fds().map_err(|e| e.to_string())?;
     if !passed.is_empty() {
         return Ok(Listeners {
             sockets: passed,
@@ -322,28 +325,6 @@ fn listeners(options: &cli::Options) -> Result<Listeners, String> {
         sockets: vec![socket],
         from_systemd: false,
     })
-}
-
-/// Every connection holds a descriptor (one more while a file is sent), and distributions start
-/// services with a soft limit of 1024: take the hard limit, as nginx's
-/// `worker_rlimit_nofile` would.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
-        {
-            return;
-        }
-        let before = limit.rlim_cur;
-        limit.rlim_cur = limit.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-            log::debug!("open file limit raised from {before} to {}", limit.rlim_max);
-        }
-    }
 }
 
 /// Reads every secret key; any problem stops the start (a key silently ignored would leave
@@ -384,7 +365,7 @@ fn upload_config(options: &cli::Options) -> Result<Option<UploadConfig>, String>
 
 /// Tells systemd (if it started us with NOTIFY_SOCKET) how we are doing.
 fn notify(state: &str) {
-    if let Err(e) = nix_binary_cache::systemd::notify(state) {
+    if let Err(e) = nix_binary_cache::os::systemd::notify(state) {
         log::warn!("could not notify systemd: {e}");
     }
 }
@@ -405,26 +386,4 @@ fn init_logging(level: log::LevelFilter, access_log: bool) {
         // tiny_http logs accept errors itself; our workers log them too, with context.
         .with_module_level("tiny_http", log::LevelFilter::Off)
         .init();
-}
-
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; pthread_sigmask
-    // only changes this thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-/// Waits for SIGINT, SIGTERM (stop) or SIGHUP (reload) and says which.
-fn wait_for_signal(set: &libc::sigset_t) -> i32 {
-    let mut signal = 0;
-    // SAFETY: `set` was built by block_signals; sigwait writes one int.
-    unsafe { libc::sigwait(set, &mut signal) };
-    signal
 }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::{BIN, Server, TempDir, copy_fixture, fixtures, manifest};
-use nix_binary_cache::gc::{self, GcPolicy, Reason};
-use nix_binary_cache::verify::{Problem, Progress, Report, VerifyOptions, verify};
+use nix_binary_cache::ops::gc::{self, GcPolicy, Reason};
+use nix_binary_cache::ops::verify::{Problem, Progress, Report, VerifyOptions, verify};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const STRAY_NAR: &str = "nar/0000000000000000000000000000000000000000000000000000.nar.xz";
@@ -576,7 +576,7 @@ fn gc_takes_last_use_from_what_the_server_served() {
         assert_eq!(server.get(&format!("/{h}.narinfo")).status, 200);
     }
     stop(server);
-    let times = nix_binary_cache::served_times::ServedTimes::load(&file)
+    let times = nix_binary_cache::store::served_times::ServedTimes::load(&file)
         .unwrap()
         .expect("the server saved its served times at exit");
     assert_eq!(

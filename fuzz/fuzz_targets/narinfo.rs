@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nix_binary_cache::narinfo::NarInfo;
-use nix_binary_cache::nix32;
+use nix_binary_cache::nix::narinfo::NarInfo;
+use nix_binary_cache::nix::nix32;
 
 const STORE_DIR: &str = "/nix/store";
 
@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // Signing may refuse the narinfo, but must never panic on one the parser accepted.
-    if let Ok(fp) = nix_binary_cache::signing::fingerprint(&info, STORE_DIR) {
+    if let Ok(fp) = nix_binary_cache::nix::signing::fingerprint(&info, STORE_DIR) {
         assert!(fp.starts_with("1;/nix/store/"), "fingerprint {fp:?}");
     }
 });

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nix_binary_cache::range::{RangeAnswer, parse};
+use nix_binary_cache::http::range::{RangeAnswer, parse};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 8 {

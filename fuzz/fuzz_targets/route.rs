@@ -5,8 +5,8 @@
 use std::path::{Component, Path};
 
 use libfuzzer_sys::fuzz_target;
-use nix_binary_cache::nix32;
-use nix_binary_cache::route::{Route, decode, route};
+use nix_binary_cache::nix::nix32;
+use nix_binary_cache::nix::layout::{Route, decode, route};
 
 /// The checks every relative path handed to the file system must pass.
 fn assert_contained(rel: &str, input: &str) {

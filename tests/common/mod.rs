@@ -433,7 +433,7 @@ pub fn listing(dir: &Path) -> Vec<(String, u64)> {
 /// The nix32 sha256 of `bytes`: the name a NAR upload must carry.
 pub fn nix32_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
-    nix_binary_cache::nix32::encode(&sha2::Sha256::digest(bytes))
+    nix_binary_cache::nix::nix32::encode(&sha2::Sha256::digest(bytes))
 }
 
 /// Waits until the server looks at a narinfo on disk again: a hit is served from memory for

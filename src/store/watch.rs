@@ -20,8 +20,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use crate::index::{Index, narinfo_hash};
-use crate::inotify::{self, Event, Inotify};
+use crate::os::inotify::{self, Event, Inotify};
+use crate::store::index::{Index, narinfo_hash};
 
 /// How the index learns about changes on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -294,7 +294,7 @@ pub fn run_rescan(
     index.note_skipped(skipped);
     let entries = s.entries - skipped;
     if first {
-        crate::index::give_back_free_memory();
+        crate::store::index::give_back_free_memory();
         index.first_read_ended();
         log::info!(
             "indexed {entries} narinfo files in {} ({skipped} skipped) in {:.3}s",
@@ -500,18 +500,13 @@ impl Watcher {
 /// Gives the calling thread the lowest scheduling priority (nice 19): it gets the CPU only
 /// when request threads leave some. Linux applies `setpriority` to a thread id as a thread's own.
 fn lower_thread_priority() {
-    // SAFETY: plain syscalls on the calling thread's own id.
-    let ok = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
-    };
-    if ok != 0 {
+    if let Err(e) = crate::os::process::lower_thread_priority() {
         // Under systemd, a SystemCallFilter= without setpriority does this (the shipped unit
         // allows it): background index work then competes with requests at normal priority.
         log::warn!(
             "could not lower the rescan thread's priority to nice 19: {}; background index work \
              runs at normal priority",
-            std::io::Error::last_os_error()
+            e
         );
     }
 }
@@ -519,7 +514,7 @@ fn lower_thread_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::Lookup;
+    use crate::store::index::Lookup;
 
     const STORE: &str = "/nix/store";
 

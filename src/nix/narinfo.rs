@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::nix32;
+use crate::nix::nix32;
 
 /// The fields of a narinfo that this server needs; everything else passes through untouched.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,8 +17,8 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use ed25519_dalek::{Signature, Signer};
 
-use crate::narinfo::{NarInfo, is_well_formed_sig};
-use crate::nix32;
+use crate::nix::narinfo::{NarInfo, is_well_formed_sig};
+use crate::nix::nix32;
 
 /// Standard base64 as Nix writes it (padded); decoding also takes unpadded text, as Nix does.
 const BASE64: GeneralPurpose = GeneralPurpose::new(

@@ -8,7 +8,7 @@
 //!
 //! NARs are hashed in parallel (rayon), streamed through a 1 MiB buffer, and opened with
 //! `O_NOATIME` where the kernel allows it (owner or root), so that a verify run does not make
-//! every NAR look recently used to [`crate::gc`].
+//! every NAR look recently used to [`crate::ops::gc`].
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -21,12 +21,11 @@ use std::sync::mpsc;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::cache_info::CacheInfo;
-use crate::files;
-use crate::narinfo::NarInfo;
-use crate::nix32;
-use crate::route::{FileKind, Route, route};
-use crate::upload::MAX_METADATA_BYTES;
+use crate::nix::layout::{FileKind, Route, route};
+use crate::nix::narinfo::NarInfo;
+use crate::nix::nix32;
+use crate::store::files;
+use crate::store::upload::MAX_METADATA_BYTES;
 
 /// What to check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -237,7 +236,8 @@ pub fn verify(
         );
         return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
     }
-    let info = CacheInfo::load(root, None).map_err(|e| in_file(&root.join("nix-cache-info"), e))?;
+    let info = crate::store::cache_info::load(root, None)
+        .map_err(|e| in_file(&root.join("nix-cache-info"), e))?;
     let scan = scan_narinfos(root, &info.store_dir)?;
     let mut report = Report {
         narinfos: scan.entries.len() + scan.broken.len(),

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rayon::prelude::*;
 
-use crate::files::{self, Version};
-use crate::narinfo::NarInfo;
-use crate::nix32;
-use crate::signing::{self, SigningKey};
+use crate::nix::narinfo::NarInfo;
+use crate::nix::nix32;
+use crate::nix::signing::{self, SigningKey};
+use crate::store::files::{self, Version};
 
 /// Key of the map: the 20 bytes behind a 32-character store hash.
 pub(crate) type Key = [u8; 20];
@@ -38,7 +38,7 @@ pub struct Entry {
     /// malformed, unreadable: the log says which).
     content: OnceLock<Option<Content>>,
     /// When it was last served, in Unix seconds (0: not since it was loaded); for gc's
-    /// least-recently-used order, see [`crate::served_times`].
+    /// least-recently-used order, see [`crate::store::served_times`].
     served_unix: AtomicU64,
 }
 
@@ -837,8 +837,5 @@ pub fn fnv1a(data: &[u8]) -> u64 {
 /// after the first scan only: trimming holds malloc's locks, which requests also need, and a
 /// periodic rescan reuses the same memory next time anyway.
 pub(crate) fn give_back_free_memory() {
-    // SAFETY: malloc_trim only releases memory that malloc itself holds free.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::os::process::malloc_trim();
 }

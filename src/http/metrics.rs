@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::process_stats;
+use crate::os::process_stats;
 
-use crate::route::{FileKind, Route, decode, route};
+use crate::nix::layout::{FileKind, Route, decode, route};
 
 /// What a request was for, as a metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -89,7 +89,7 @@ pub enum Command {
 /// The served-times file in systemd's `StateDirectory=` (`$STATE_DIRECTORY`), the default of
 /// both the server and `gc`; the unit's path otherwise for `gc`.
 pub fn default_state_file(env: &impl Fn(&str) -> Option<String>, for_gc: bool) -> Option<PathBuf> {
-    let file = nix_binary_cache::served_times::FILE_NAME;
+    let file = nix_binary_cache::store::served_times::FILE_NAME;
     match env("STATE_DIRECTORY") {
         Some(dirs) => dirs.split(':').next().map(|d| PathBuf::from(d).join(file)),
         None if for_gc => Some(PathBuf::from("/var/lib/nix-binary-cache").join(file)),

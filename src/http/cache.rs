@@ -11,23 +11,23 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use tiny_http::{Header, Method, Request};
 
-use crate::atomic;
-use crate::auth::Tokens;
-use crate::cache_info::CacheInfo;
-use crate::encoding::Encoding;
-use crate::files;
-use crate::index::{Index, Lookup, ScanStats, fnv1a};
-use crate::landing;
-use crate::metrics::{Gauges, Kind, Metrics};
-use crate::range::{self, RangeAnswer};
-use crate::response::{Body, Response};
-use crate::route::{FileKind, Route, RouteError, decode, route};
-use crate::send;
-use crate::served_times::{self, Recorder};
-use crate::signing::SigningKey;
-use crate::slots::UploadSlots;
-use crate::upload::{Stored, Target};
-use crate::watch::WatchMode;
+use crate::http::auth::Tokens;
+use crate::http::landing;
+use crate::http::metrics::{Gauges, Kind, Metrics};
+use crate::http::range::{self, RangeAnswer};
+use crate::http::response::{Body, Response};
+use crate::http::send;
+use crate::http::slots::UploadSlots;
+use crate::nix::cache_info::CacheInfo;
+use crate::nix::layout::{FileKind, Route, RouteError, decode, route};
+use crate::nix::signing::SigningKey;
+use crate::store::encoding::Encoding;
+use crate::store::files;
+use crate::store::index::{Index, Lookup, ScanStats, fnv1a};
+use crate::store::served_times::{self, Recorder};
+use crate::store::tempfile;
+use crate::store::upload::{Stored, Target};
+use crate::store::watch::WatchMode;
 
 /// How to open a cache directory.
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ pub struct Config {
     pub uploads: Option<UploadConfig>,
     /// Keys every served narinfo is signed with (in addition to the signatures it has).
     pub sign_keys: Vec<SigningKey>,
-    /// Where to save when each narinfo was last served, for `gc` (see [`crate::served_times`]).
+    /// Where to save when each narinfo was last served, for `gc` (see [`crate::store::served_times`]).
     pub served_times_file: Option<PathBuf>,
     /// Serve `nar/`, `log/`… that are symbolic links leading outside the cache (e.g. NARs on
     /// another disk); off by default, and `verify` reports such links unless told the same.
@@ -77,7 +77,7 @@ pub struct UploadConfig {
     pub tokens: Tokens,
     /// Largest NAR, log or listing accepted, in bytes.
     pub max_body: u64,
-    /// Uploads running at once; more wait for a place (see [`crate::slots`]).
+    /// Uploads running at once; more wait for a place (see [`crate::http::slots`]).
     pub max_concurrent: usize,
     /// How long an upload waits for a place before it gets 503 with `Retry-After`. Below
     /// curl's 300 s stall limit, which would otherwise end the waiting client's request.
@@ -115,7 +115,7 @@ struct Shared {
     /// The watch mode in use (`Auto` resolved).
     watch: std::sync::OnceLock<WatchMode>,
     /// Reloads `nix-cache-info`; called by the index's threads.
-    hook: crate::watch::Hook,
+    hook: crate::store::watch::Hook,
     uploads: Option<UploadConfig>,
     upload_slots: UploadSlots,
     /// `trusted-public-keys` entries of the signing keys, for the landing page.
@@ -160,11 +160,11 @@ impl Cache {
             ));
         }
         let canonical_root = std::fs::canonicalize(&config.root)?;
-        crate::process_stats::note_start();
+        crate::os::process_stats::note_start();
         if config.uploads.is_some() {
-            crate::upload::check_writable(&config.root)?;
+            crate::store::upload::check_writable(&config.root)?;
         }
-        let info = CacheInfo::load(&config.root, config.priority)?;
+        let info = crate::store::cache_info::load(&config.root, config.priority)?;
         let index = Arc::new(Index::new(
             &config.root,
             &info.store_dir,
@@ -175,7 +175,7 @@ impl Cache {
             // The index's threads reload nix-cache-info through this; it never keeps the cache
             // alive.
             let weak = weak.clone();
-            let hook: crate::watch::Hook = Arc::new(move || match weak.upgrade() {
+            let hook: crate::store::watch::Hook = Arc::new(move || match weak.upgrade() {
                 Some(shared) => {
                     shared.reload_info();
                     true
@@ -211,28 +211,28 @@ impl Cache {
         // Serving starts now; the first scan runs in the background and lookups fall through
         // to the disk until it is done (see `watch.rs`).
         let index = weak_index.upgrade().expect("the cache holds its index");
-        let mode = crate::watch::resolve(config.watch, &config.root);
+        let mode = crate::store::watch::resolve(config.watch, &config.root);
         let interval = config.rescan_interval.unwrap_or(match mode {
-            WatchMode::Poll => crate::watch::POLL_RESCAN,
-            _ => crate::watch::INOTIFY_RESCAN,
+            WatchMode::Poll => crate::store::watch::POLL_RESCAN,
+            _ => crate::store::watch::INOTIFY_RESCAN,
         });
         // Listing a million names takes a while: the clean-up runs once every path is known,
         // in the background (it only removes temporaries of processes that are gone).
         let root = config.root.clone();
         let prepare = Box::new(move || {
             for dir in ["", "nar", "log", "realisations", "debuginfo"] {
-                atomic::clean_stale(&root.join(dir));
+                tempfile::clean_stale(&root.join(dir));
             }
             // build-trace-v2/ holds one directory per derivation, where its uploads write.
             if let Ok(entries) = std::fs::read_dir(root.join("build-trace-v2")) {
                 for entry in entries.flatten() {
                     if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                        atomic::clean_stale(&entry.path());
+                        tempfile::clean_stale(&entry.path());
                     }
                 }
             }
         });
-        let mode = crate::watch::start(&index, mode, interval, shared.hook.clone(), prepare);
+        let mode = crate::store::watch::start(&index, mode, interval, shared.hook.clone(), prepare);
         let _ = shared.watch.set(mode);
         if let Some(recorder) = &shared.served_times {
             log::info!(
@@ -553,7 +553,9 @@ impl Cache {
                 }
             }
             Stored::CacheInfo => {
-                if let Ok(info) = CacheInfo::load(&self.shared.root, self.shared.priority) {
+                if let Ok(info) =
+                    crate::store::cache_info::load(&self.shared.root, self.shared.priority)
+                {
                     *self.shared.info.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(info);
                 }
             }
@@ -663,7 +665,7 @@ impl Shared {
 
     /// Reads `nix-cache-info` again (before every rescan, and when inotify reports a change).
     fn reload_info(&self) {
-        match CacheInfo::load(&self.root, self.priority) {
+        match crate::store::cache_info::load(&self.root, self.priority) {
             Ok(info) => *self.info.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(info),
             Err(e) => log::warn!(
                 "{}/nix-cache-info: {e}; keeping the previous one",

@@ -7,8 +7,8 @@
 
 use std::borrow::Cow;
 
-use crate::narinfo::{check_base_name, is_store_name_char};
-use crate::nix32;
+use crate::nix::narinfo::{check_base_name, is_store_name_char};
+use crate::nix::nix32;
 
 /// What a valid request path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use tiny_http::Request;
 
-use crate::cache::Cache;
+use crate::http::cache::Cache;
 
 /// A cache answering below `prefix` (`""` for the root, or e.g. `"/cache"`).
 #[derive(Clone)]

@@ -10,8 +10,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::narinfo::NarInfo;
-use crate::signing;
+use crate::nix::narinfo::NarInfo;
+use crate::nix::signing;
 
 /// What to do with an upload of a narinfo that already exists.
 #[derive(Debug, PartialEq, Eq)]
@@ -170,7 +170,7 @@ mod tests {
         // The same NarHash in base16 instead of nix32.
         let nix32 = line("NarHash").trim_start_matches("NarHash: sha256:");
         let mut digest = [0u8; 32];
-        crate::nix32::decode_into(nix32.as_bytes(), &mut digest).unwrap();
+        crate::nix::nix32::decode_into(nix32.as_bytes(), &mut digest).unwrap();
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         let new = OLD.replace(nix32, &hex);
         assert_eq!(check(&new), Ok(Replacement::Keep));

@@ -1,10 +1,5 @@
 //! `nix-cache-info`: the first thing a client reads, telling it the store directory and priority.
 
-use std::io::{self, Read};
-use std::path::Path;
-
-use crate::files;
-
 /// What is served at `/nix-cache-info`, and the store directory narinfo paths must live in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheInfo {
@@ -17,26 +12,6 @@ const DEFAULT_STORE_DIR: &str = "/nix/store";
 const DEFAULT_PRIORITY: u32 = 40;
 
 impl CacheInfo {
-    /// Reads `<root>/nix-cache-info`, or makes one up when it is absent; `priority` overrides
-    /// any `Priority:` in the file. Like every file the server serves, it is opened without
-    /// following a symbolic link (one once served `/etc/hostname`): a link counts as absent.
-    pub fn load(root: &Path, priority: Option<u32>) -> io::Result<CacheInfo> {
-        let path = root.join("nix-cache-info");
-        let Some((mut file, _)) = files::open_regular(&path)? else {
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-                log::warn!(
-                    "{}: a symbolic link, not followed; serving the defaults instead \
-                     (replace it with a regular file)",
-                    path.display()
-                );
-            }
-            return Ok(CacheInfo::synthesized(priority));
-        };
-        let mut text = String::new();
-        file.read_to_string(&mut text)?;
-        Ok(CacheInfo::from_text(&text, priority))
-    }
-
     /// The answer for a directory without the file: a normal store that wants mass queries.
     pub fn synthesized(priority: Option<u32>) -> CacheInfo {
         let text = format!(
@@ -122,18 +97,6 @@ mod tests {
             "{}",
             info.text
         );
-    }
-
-    #[test]
-    fn a_linked_nix_cache_info_is_not_followed() {
-        let dir = std::env::temp_dir().join(format!("nbc-info-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("outside"), "StoreDir: /secret\nPriority: 1\n").unwrap();
-        std::os::unix::fs::symlink(dir.join("outside"), dir.join("nix-cache-info")).unwrap();
-        let info = CacheInfo::load(&dir, None).unwrap();
-        assert_eq!(info, CacheInfo::synthesized(None));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -149,26 +149,18 @@ pub fn clean_stale(dir: &Path) -> usize {
 }
 
 fn process_alive(pid: i32) -> bool {
-    if pid == std::process::id() as i32 {
-        return true;
-    }
-    // SAFETY: kill with signal 0 only checks whether the process exists.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    crate::os::process::process_alive(pid)
 }
 
-/// This host's name, from gethostname(2) (works where /proc/sys is hidden, as under systemd's
-/// `ProcSubset=pid`).
+/// This host's name (see [`crate::os::process::hostname`]), made safe for a file name.
 fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; the kernel writes a NUL-terminated name.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(0);
-    let name = String::from_utf8_lossy(&buf[..len]).replace(['/', '.'], "_");
-    if ok && !name.is_empty() {
-        name
-    } else {
+    let name = crate::os::process::hostname()
+        .map(|n| String::from_utf8_lossy(&n).replace(['/', '.'], "_"))
+        .unwrap_or_default();
+    if name.is_empty() {
         "localhost".to_string()
+    } else {
+        name
     }
 }
 
@@ -205,15 +197,13 @@ mod tests {
     #[test]
     fn committed_files_and_new_dirs_are_world_readable_whatever_the_umask() {
         let dir = scratch("modes");
-        // SAFETY: umask only changes this process's file creation mask; restored below.
-        let old = unsafe { libc::umask(0o077) };
+        let old = crate::os::process::set_umask(0o077);
         let sub = dir.join("a/b");
         create_dirs(&sub).unwrap();
         let mut t = TempFile::create_in(&sub).unwrap();
         t.file().write_all(b"x").unwrap();
         t.commit(&sub.join("f")).unwrap();
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
+        crate::os::process::set_umask(old);
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&sub.join("f")), 0o644);
         assert_eq!(mode(&sub), 0o755);

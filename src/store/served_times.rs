@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::atomic::TempFile;
-use crate::index::{Index, Key};
-use crate::nix32;
+use crate::nix::nix32;
+use crate::store::index::{Index, Key};
+use crate::store::tempfile::TempFile;
 
 /// How often the server saves the times it recorded.
 pub const SAVE_EVERY: Duration = Duration::from_secs(60);

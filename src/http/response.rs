@@ -1,6 +1,6 @@
 //! An HTTP response as this server builds it, independent of how it is written to the socket.
 //!
-//! Handlers return a [`Response`]; [`crate::send`] turns it into bytes. Keeping the two apart lets
+//! Handlers return a [`Response`]; [`crate::http::send`] turns it into bytes. Keeping the two apart lets
 //! the routing and caching rules be unit-tested without a network.
 
 use std::borrow::Cow;

@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tiny_http::{Method, Request};
 
-use crate::response::{Body, Response, reason};
+use crate::http::response::{Body, Response, reason};
 
 /// What was sent, for the access log and metrics.
 #[derive(Debug, Clone, Copy)]

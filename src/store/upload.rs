@@ -4,7 +4,7 @@
 //! once it is complete and checked: a NAR must hash to the name it is stored under, a narinfo must
 //! parse, name its own store path and point to a NAR the cache already holds, and every body must
 //! have exactly its declared `Content-Length`. Nothing is ever deleted; an existing narinfo only
-//! gains signatures (store paths are immutable, see [`crate::immutable`]), and other files are
+//! gains signatures (store paths are immutable, see [`crate::store::immutable`]), and other files are
 //! only replaced by ones that passed the same checks.
 
 use std::io::{self, Read, Write};
@@ -13,13 +13,13 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use crate::atomic::TempFile;
-use crate::cache_info::CacheInfo;
-use crate::encoding::Encoding;
-use crate::immutable::Replacement;
-use crate::narinfo::NarInfo;
-use crate::nix32;
-use crate::route::{FileKind, Route, decode, route};
+use crate::nix::cache_info::CacheInfo;
+use crate::nix::layout::{FileKind, Route, decode, route};
+use crate::nix::narinfo::NarInfo;
+use crate::nix::nix32;
+use crate::store::encoding::Encoding;
+use crate::store::immutable::Replacement;
+use crate::store::tempfile::TempFile;
 
 /// Largest narinfo or nix-cache-info accepted; real ones are a few hundred bytes.
 pub const MAX_METADATA_BYTES: u64 = 1 << 20;
@@ -205,7 +205,7 @@ impl Target<'_> {
     }
 
     /// Writes a checked narinfo unless the cache holds one for another content of the same
-    /// store path (see [`crate::immutable`]): a new one is created without ever replacing a file
+    /// store path (see [`crate::store::immutable`]): a new one is created without ever replacing a file
     /// that appeared meanwhile, an existing one only gains the upload's new signatures.
     fn commit_narinfo(&self, target: &Path, text: &str, info: &NarInfo) -> Result<(), UploadError> {
         // One narinfo commit at a time in this process: reading the old file and writing the new
@@ -214,7 +214,7 @@ impl Target<'_> {
         let _one = COMMIT.lock().unwrap_or_else(|e| e.into_inner());
         // Two rounds at most: a file that appears between the look and the link is compared.
         for _ in 0..2 {
-            let old = match crate::files::open_regular(target)? {
+            let old = match crate::store::files::open_regular(target)? {
                 Some((mut file, _)) => {
                     let mut bytes = Vec::new();
                     file.read_to_end(&mut bytes)?;
@@ -247,7 +247,7 @@ impl Target<'_> {
                 log::warn!("{}: replacing a malformed narinfo", target.display());
                 return self.write_bytes(target, text.as_bytes());
             };
-            return match crate::immutable::replace(old_text, &old_info, info) {
+            return match crate::store::immutable::replace(old_text, &old_info, info) {
                 Ok(Replacement::Keep) => Ok(()),
                 Ok(Replacement::Write(merged)) => self.write_bytes(target, merged.as_bytes()),
                 Err(why) => Err(UploadError::Conflict(why)),
@@ -276,7 +276,7 @@ impl Target<'_> {
                 "the NAR {rel} is not in the cache: upload it before the narinfo"
             ))
         };
-        let version = crate::files::version(&self.root.join(&rel))?.ok_or_else(missing)?;
+        let version = crate::store::files::version(&self.root.join(&rel))?.ok_or_else(missing)?;
         if let Some(size) = info.file_size
             && size != version.len
         {
@@ -374,7 +374,9 @@ impl Target<'_> {
             )));
         }
         check(&hasher.finalize_reset())?;
-        if content_addressed && crate::files::version(&target)?.is_some_and(|v| v.len == total) {
+        if content_addressed
+            && crate::store::files::version(&target)?.is_some_and(|v| v.len == total)
+        {
             // The name is the content's hash, just checked: the file there is this one.
             // Keeping it spares readers (on NFS, other hosts' open downloads) a replaced file.
             return Ok(total);
@@ -412,7 +414,7 @@ pub fn check_writable(root: &Path) -> io::Result<()> {
 /// Creates the directory of `target` (e.g. `nar/` in a new cache), world-readable, and returns it.
 fn ensure_dir(target: &Path) -> io::Result<PathBuf> {
     let dir = target.parent().map(Path::to_path_buf).unwrap_or_default();
-    crate::atomic::create_dirs(&dir)?;
+    crate::store::tempfile::create_dirs(&dir)?;
     Ok(dir)
 }
 

@@ -3,7 +3,7 @@
 //! [`plan`] decides, [`execute`] deletes; a dry run is a plan alone.
 //!
 //! **When a path was last used** is, when the server keeps a served-times file (see
-//! [`crate::served_times`]; `gc --state-file`, by default the unit's `StateDirectory=`), the
+//! [`crate::store::served_times`]; `gc --state-file`, by default the unit's `StateDirectory=`), the
 //! latest of the time it last served the narinfo and the narinfo's and NAR's modification times
 //! (when it was pushed). Without such a file gc falls back to file times, and says so:
 //! the latest of its NAR's access and modification times and
@@ -43,10 +43,9 @@ use std::time::{Duration, SystemTime};
 
 use rayon::prelude::*;
 
-use crate::cache_info::CacheInfo;
-use crate::files::{self, Version};
-use crate::served_times::ServedTimes;
-use crate::verify::{self, Entry, Problem, in_file};
+use crate::ops::verify::{self, Entry, Problem, in_file};
+use crate::store::files::{self, Version};
+use crate::store::served_times::ServedTimes;
 
 /// A narinfo-less NAR younger than this may be an upload whose narinfo is still to come.
 const STRAY_GRACE: Duration = Duration::from_secs(3600);
@@ -166,7 +165,8 @@ pub fn plan_with(
                    without a limit it would remove nothing";
         return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
     }
-    let info = CacheInfo::load(root, None).map_err(|e| in_file(&root.join("nix-cache-info"), e))?;
+    let info = crate::store::cache_info::load(root, None)
+        .map_err(|e| in_file(&root.join("nix-cache-info"), e))?;
     let scan = verify::scan_narinfos(root, &info.store_dir)?;
     // A narinfo gc cannot read may still be served: its NAR must not look like a stray.
     if let Some(p) = scan

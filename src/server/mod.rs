@@ -8,7 +8,6 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use tiny_http::Request;
 
-use crate::cache::Cache;
-use crate::metrics::Kind;
-use crate::mount::Mount;
-use crate::response::Response;
+use crate::http::cache::Cache;
+use crate::http::metrics::Kind;
+use crate::http::mount::Mount;
+use crate::http::response::Response;
 
 /// When quiet connections and stalled transfers are cut off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +87,7 @@ impl PoolConfig {
 /// Pending connections the kernel may queue before we accept them (capped by
 /// `net.core.somaxconn`). std listens with 128, which a burst of clients overflows: their SYNs
 /// are dropped and retried a second later.
-const LISTEN_BACKLOG: libc::c_int = 4096;
+const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds `addr`; for the unspecified IPv6 address this also takes IPv4 (Linux's default), and
 /// if the host has no IPv6 at all it falls back to `0.0.0.0`.
@@ -103,12 +102,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         }
         other => other,
     }?;
-    // SAFETY: listen(2) again on our own listening socket only changes its backlog.
-    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
-        log::warn!(
-            "could not raise the listen backlog: {}",
-            io::Error::last_os_error()
-        );
+    if let Err(e) = crate::os::net::set_backlog(&listener, LISTEN_BACKLOG) {
+        log::warn!("could not raise the listen backlog: {e}");
     }
     Ok(listener)
 }
@@ -171,9 +166,8 @@ impl Running {
         self.stopping.store(true, Ordering::SeqCst);
         self.server.stop_accepting();
         if self.shutdown_listener {
-            // SAFETY: plain shutdown(2) on a descriptor we own; refuses new connections now
-            // instead of leaving them in the backlog.
-            unsafe { libc::shutdown(self.listener_fd.as_raw_fd(), libc::SHUT_RD) };
+            // Refuses new connections now instead of leaving them in the backlog.
+            crate::os::net::shut_down_reading(&self.listener_fd);
         }
         for w in self.workers {
             while !w.is_finished() && Instant::now() < deadline {
@@ -228,13 +222,13 @@ impl Worker {
         if self.ops_endpoints
             && let Some(response) = ops_response(self.mount.cache(), request.url())
         {
-            crate::send::send_logged(request, response, close, Instant::now(), |_| {});
+            crate::http::send::send_logged(request, response, close, Instant::now(), |_| {});
             return;
         }
         let Some((cache, path)) = self.mount.route(request.url()) else {
             let response = crate::Response::text(404, "not in this cache")
                 .header("Cache-Control", "public, max-age=5");
-            crate::send::send_logged(request, response, close, Instant::now(), |_| {});
+            crate::http::send::send_logged(request, response, close, Instant::now(), |_| {});
             return;
         };
         if request.method() == &tiny_http::Method::Put && cache.accepts_uploads() {
@@ -316,7 +310,13 @@ pub fn start_ops_listener(
                 let answered = catch_unwind(AssertUnwindSafe(|| {
                     let response = ops_response(&cache, request.url())
                         .unwrap_or_else(|| Response::text(404, "only /metrics and /health here"));
-                    crate::send::send_logged(request, response, false, Instant::now(), |_| {});
+                    crate::http::send::send_logged(
+                        request,
+                        response,
+                        false,
+                        Instant::now(),
+                        |_| {},
+                    );
                 }));
                 if answered.is_err() {
                     log::error!("a metrics request panicked; its connection was closed");

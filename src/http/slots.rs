@@ -89,11 +89,13 @@ impl UploadSlots {
     }
 
     /// Uploads holding a place now.
+    #[cfg(test)]
     pub fn active(&self) -> usize {
         self.lock().active
     }
 
     /// Uploads waiting for a place now.
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.lock().queue.len()
     }
