@@ -1,12 +1,12 @@
 //! A Nix binary cache server: serves the directory `nix copy --to file://DIR` writes, over HTTP,
 //! to the real Nix client.
 //!
-//! The library has two layers:
-//! - [`Cache`] opens a cache directory, keeps an in-memory narinfo index fresh, and turns a
-//!   request into a [`Response`] ([`Cache::answer`]) or writes it onto a `tiny_http` request
-//!   ([`Cache::serve`]).
+//! What an application uses:
+//! - [`Cache`] opens a cache directory, keeps an in-memory narinfo index fresh, and answers a
+//!   request ([`Cache::handle`], on our own view of it: [`http::request::Request`]).
 //! - [`Mount`] places a cache under a path prefix inside any `tiny_http` application, and
-//!   [`server`] runs the standalone server with its worker pool.
+//!   `server` runs the standalone server with its worker pool; both go through the same
+//!   pipeline.
 //!
 //! ```no_run
 //! use nix_binary_cache::{Cache, Config, Mount};

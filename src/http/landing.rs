@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use tiny_http::Header;
+use crate::http::request::Headers;
 
 /// What the page shows.
 pub struct Facts<'a> {
@@ -78,20 +78,14 @@ pre{{background:#f4f4f4;padding:.8em;white-space:pre-wrap;overflow-wrap:anywhere
 /// unless `trust_proxy` (the operator's `--trust-proxy-headers`: a proxy in front sets these
 /// and strips clients' own) lets `X-Forwarded-Proto` and `X-Forwarded-Host` say otherwise.
 /// Values that are not a plain scheme or host name are ignored.
-pub fn origin(headers: &[Header], trust_proxy: bool) -> (&'static str, Option<&str>) {
-    let header = |name: &'static str| {
-        headers
-            .iter()
-            .find(|h| h.field.equiv(name))
-            .map(|h| h.value.as_str())
-    };
+pub fn origin<'a>(headers: &Headers<'a>, trust_proxy: bool) -> (&'static str, Option<&'a str>) {
     // A proxy chain appends: the first value is the one the client's proxy saw.
-    let first = |v: &'static str| header(v).and_then(|v| v.split(',').next()).map(str::trim);
-    let host = header("Host");
+    let first = |v: Option<&'a str>| v.and_then(|v| v.split(',').next()).map(str::trim);
+    let host = headers.host;
     if !trust_proxy {
         return ("http", host);
     }
-    let scheme = match first("X-Forwarded-Proto") {
+    let scheme = match first(headers.x_forwarded_proto) {
         Some(p) if p.eq_ignore_ascii_case("https") => "https",
         _ => "http",
     };
@@ -101,7 +95,10 @@ pub fn origin(headers: &[Header], trust_proxy: bool) -> (&'static str, Option<&s
             && h.bytes()
                 .all(|c| c.is_ascii_alphanumeric() || b".-:[]".contains(&c))
     };
-    (scheme, first("X-Forwarded-Host").filter(is_host).or(host))
+    (
+        scheme,
+        first(headers.x_forwarded_host).filter(is_host).or(host),
+    )
 }
 
 fn escape(s: &str) -> String {
@@ -170,19 +167,20 @@ mod tests {
 
     #[test]
     fn forwarded_headers_count_only_from_a_trusted_proxy() {
-        let h = |n: &str, v: &str| Header::from_bytes(n, v).unwrap();
-        let headers = vec![
-            h("Host", "10.0.0.5:8080"),
-            h("X-Forwarded-Proto", "https"),
-            h("X-Forwarded-Host", "cache.example.org, 10.0.0.1"),
-        ];
+        let headers = Headers {
+            host: Some("10.0.0.5:8080"),
+            x_forwarded_proto: Some("https"),
+            x_forwarded_host: Some("cache.example.org, 10.0.0.1"),
+            ..Headers::default()
+        };
         assert_eq!(origin(&headers, false), ("http", Some("10.0.0.5:8080")));
         assert_eq!(origin(&headers, true), ("https", Some("cache.example.org")));
-        let odd = vec![
-            h("Host", "a"),
-            h("X-Forwarded-Proto", "gopher"),
-            h("X-Forwarded-Host", "evil\"host"),
-        ];
+        let odd = Headers {
+            host: Some("a"),
+            x_forwarded_proto: Some("gopher"),
+            x_forwarded_host: Some("evil\"host"),
+            ..Headers::default()
+        };
         assert_eq!(origin(&odd, true), ("http", Some("a")));
     }
 }

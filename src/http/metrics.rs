@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use crate::os::process_stats;
 
-use crate::nix::layout::{FileKind, Route, decode, route};
-
 /// What a request was for, as a metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -45,25 +43,12 @@ const STATUSES: [u16; 18] = [
 ];
 
 impl Kind {
-    /// Classifies a path inside the cache (query string allowed).
-    pub fn of(path: &str) -> Kind {
-        let path = path.split_once('?').map_or(path, |(p, _)| p);
-        if path == "/" {
-            return Kind::Landing;
-        }
-        let Ok(path) = decode(path) else {
-            return Kind::Other;
-        };
-        match route(&path) {
-            Ok(Route::CacheInfo) => Kind::CacheInfo,
-            Ok(Route::NarInfo(_)) => Kind::NarInfo,
-            Ok(Route::File(FileKind::Nar, _)) => Kind::Nar,
-            Ok(Route::File(FileKind::Listing, _)) => Kind::Listing,
-            Ok(Route::File(FileKind::Log, _)) => Kind::Log,
-            Ok(Route::File(FileKind::Realisation | FileKind::BuildTrace, _)) => Kind::Realisation,
-            Ok(Route::File(FileKind::DebugInfo, _)) => Kind::DebugInfo,
-            Err(_) => Kind::Other,
-        }
+    /// Classifies a path inside the cache (query string allowed), as the service does.
+    #[cfg(test)]
+    pub fn of(url: &str) -> Kind {
+        let (path, _query) = crate::http::request::split_url(url);
+        let decoded = crate::nix::layout::decode(path);
+        crate::http::service::Target::of(path, &decoded).kind()
     }
 
     fn index(self) -> usize {

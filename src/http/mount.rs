@@ -1,10 +1,15 @@
 //! Mounting a cache under a path prefix, so that it can live inside another tiny_http server.
 
-use std::borrow::Cow;
+use std::time::Instant;
 
 use tiny_http::Request;
 
-use crate::http::cache::Cache;
+use crate::http::Cache;
+use crate::http::request::split_url;
+use crate::http::response::Response;
+use crate::http::send;
+use crate::http::service::{Answer, Exchange, PendingUpload};
+use crate::http::status;
 
 /// A cache answering below `prefix` (`""` for the root, or e.g. `"/cache"`).
 #[derive(Clone)]
@@ -33,26 +38,67 @@ impl Mount {
         &self.cache
     }
 
-    /// The cache and the path inside it, if `url` is below the prefix.
-    pub fn route<'u>(&self, url: &'u str) -> Option<(&Cache, Cow<'u, str>)> {
-        let rest = url.strip_prefix(self.prefix.as_str())?;
+    /// The path inside the cache, if `path` (query string removed) is below the prefix.
+    fn below<'p>(&self, path: &'p str) -> Option<&'p str> {
+        let rest = path.strip_prefix(self.prefix.as_str())?;
         if rest.starts_with('/') {
-            Some((&self.cache, Cow::Borrowed(rest)))
-        } else if rest.is_empty() || rest.starts_with('?') {
-            Some((&self.cache, Cow::Owned(format!("/{rest}"))))
+            Some(rest)
+        } else if rest.is_empty() {
+            Some("/")
         } else {
             None // "/cachex" is not below "/cache".
         }
     }
 
     /// Serves `request` if its path is below the prefix and returns `None`; otherwise gives
-    /// the request back untouched, for the application's own routes.
+    /// the request back untouched, for the application's own routes. Uploads are read on the
+    /// caller's thread.
     pub fn try_serve(&self, request: Request) -> Option<Request> {
-        let Some((cache, path)) = self.route(request.url()) else {
-            return Some(request);
+        self.serve(request, false, false, PendingUpload::run)
+    }
+
+    /// The entry of the one pipeline, for `try_serve` and the standalone server: splits the
+    /// URL once, answers `/metrics` and `/health` first if `status_endpoints`, then anything
+    /// below the prefix through `Cache::begin`. Gives back a request that is neither.
+    pub(crate) fn serve(
+        &self,
+        request: Request,
+        close: bool,
+        status_endpoints: bool,
+        run_upload: impl FnOnce(PendingUpload),
+    ) -> Option<Request> {
+        let step = {
+            let (path, query) = split_url(request.url());
+            let status = status_endpoints
+                .then(|| status::response(&self.cache, path))
+                .flatten();
+            match (status, self.below(path)) {
+                (Some(response), _) => Step::Status(response),
+                (None, Some(path)) => {
+                    let view = crate::http::request::Request::new(&request, path, query);
+                    let (exchange, answer) = self.cache.begin(&view, close);
+                    Step::Begun(exchange, answer)
+                }
+                (None, None) => Step::Outside,
+            }
         };
-        let path = path.into_owned();
-        cache.serve(request, &path, false);
+        // The view borrowed the request; from here on the request itself is consumed.
+        match step {
+            Step::Status(response) => {
+                send::send_logged(request, response, close, Instant::now(), |_| {});
+            }
+            Step::Begun(exchange, answer) => {
+                self.cache.complete(request, exchange, answer, run_upload);
+            }
+            Step::Outside => return Some(request),
+        }
         None
     }
+}
+
+/// Where a request went, decided while its view is alive.
+enum Step {
+    Status(Response),
+    Begun(Exchange, Answer),
+    Outside,
 }

@@ -4,6 +4,7 @@
 //! offer (inotify, systemd's sockets, signals, the open file limit, thread priority…) is here.
 
 pub(crate) mod inotify;
+#[cfg(feature = "engine")]
 pub(crate) mod net;
 pub(crate) mod process;
 pub(crate) mod process_stats;

@@ -9,17 +9,19 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tiny_http::Request;
 
 use crate::http::cache::Cache;
-use crate::http::metrics::Kind;
 use crate::http::mount::Mount;
+use crate::http::request::split_url;
 use crate::http::response::Response;
+use crate::http::service::{PendingUpload, not_found};
+use crate::http::status;
 
 /// When quiet connections and stalled transfers are cut off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +138,7 @@ pub fn start(listener: TcpListener, mount: Mount, pool: PoolConfig) -> io::Resul
                 server: server.clone(),
                 mount: mount.clone(),
                 stopping: stopping.clone(),
-                ops_endpoints: pool.ops_endpoints,
+                status_endpoints: pool.ops_endpoints,
             };
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
@@ -189,7 +191,8 @@ struct Worker {
     server: Arc<tiny_http::Server>,
     mount: Arc<Mount>,
     stopping: Arc<AtomicBool>,
-    ops_endpoints: bool,
+    /// Answer `/metrics` and `/health` before the mount's routes.
+    status_endpoints: bool,
 }
 
 impl Worker {
@@ -219,67 +222,32 @@ impl Worker {
     }
 
     fn handle(&self, request: Request, close: bool) {
-        if self.ops_endpoints
-            && let Some(response) = ops_response(self.mount.cache(), request.url())
-        {
-            crate::http::send::send_logged(request, response, close, Instant::now(), |_| {});
-            return;
+        let outside = self
+            .mount
+            .serve(request, close, self.status_endpoints, run_upload);
+        if let Some(request) = outside {
+            crate::http::send::send_logged(request, not_found(), close, Instant::now(), |_| {});
         }
-        let Some((cache, path)) = self.mount.route(request.url()) else {
-            let response = crate::Response::text(404, "not in this cache")
-                .header("Cache-Control", "public, max-age=5");
-            crate::http::send::send_logged(request, response, close, Instant::now(), |_| {});
-            return;
-        };
-        if request.method() == &tiny_http::Method::Put && cache.accepts_uploads() {
-            // Uploads wait for a body from the network: keep them off the workers.
-            let path = path.into_owned();
-            let (upload_cache, upload_path) = (cache.clone(), path.clone());
-            let slot = Arc::new(std::sync::Mutex::new(Some(request)));
-            let handed = slot.clone();
-            let spawned = std::thread::Builder::new()
-                .name("upload".into())
-                .spawn(move || {
-                    if let Some(request) = handed.lock().ok().and_then(|mut r| r.take()) {
-                        upload_cache.serve(request, &upload_path, close);
-                    }
-                });
-            if let Err(e) = spawned {
-                // No thread to be had: answer on this worker (its body reads have deadlines).
-                log::warn!("could not start an upload thread ({e}); uploading on a worker");
-                if let Some(request) = slot.lock().ok().and_then(|mut r| r.take()) {
-                    cache.serve(request, &path, close);
-                }
-            }
-            return;
-        }
-        let start = cache.request_started();
-        let kind = Kind::of(&path);
-        let response = cache.answer(request.method(), &path, request.headers());
-        cache.respond(request, response, close, start, kind);
     }
 }
 
-/// `/metrics` (Prometheus) and `/health` (200 once the index is built, which `Cache::open`
-/// finished before anything listens, and while the cache directory can be read; 503 when it
-/// cannot); `None` for any other path.
-pub fn ops_response(cache: &Cache, url: &str) -> Option<Response> {
-    let path = url.split_once('?').map_or(url, |(p, _)| p);
-    match path {
-        "/metrics" => Some(
-            Response::text(200, cache.metrics_text().trim_end())
-                .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                .header("Cache-Control", "no-store"),
-        ),
-        "/health" => Some(
-            match cache.unhealthy() {
-                None => Response::text(200, &format!("ok: {} narinfos indexed", cache.len())),
-                // A load balancer should send clients elsewhere.
-                Some(why) => Response::text(503, &format!("unhealthy: {why}")),
+/// Uploads wait for a body from the network: each runs on a thread of its own, off the workers.
+fn run_upload(pending: PendingUpload) {
+    let slot = Arc::new(Mutex::new(Some(pending)));
+    let handed = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name("upload".into())
+        .spawn(move || {
+            if let Some(pending) = handed.lock().ok().and_then(|mut p| p.take()) {
+                pending.run();
             }
-            .header("Cache-Control", "no-store"),
-        ),
-        _ => None,
+        });
+    if let Err(e) = spawned {
+        // No thread to be had: answer on this worker (its body reads have deadlines).
+        log::warn!("could not start an upload thread ({e}); uploading on a worker");
+        if let Some(pending) = slot.lock().ok().and_then(|mut p| p.take()) {
+            pending.run();
+        }
     }
 }
 
@@ -308,7 +276,8 @@ pub fn start_ops_listener(
                     }
                 };
                 let answered = catch_unwind(AssertUnwindSafe(|| {
-                    let response = ops_response(&cache, request.url())
+                    let (path, _query) = split_url(request.url());
+                    let response = status::response(&cache, path)
                         .unwrap_or_else(|| Response::text(404, "only /metrics and /health here"));
                     crate::http::send::send_logged(
                         request,
