@@ -443,3 +443,273 @@ fn denied(what: &str, e: &io::Error) -> Response {
     log::warn!("{what}: {e}; check the file's permissions");
     not_found()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The answer logic with fake requests: no socket, no thread.
+
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::http::{Config, Tokens, UploadConfig};
+    use crate::store::WatchMode;
+
+    const HASH: &str = "6ll6zs2rb9av0iylc29c154xzi53g46a";
+    const NAR: &str = "/nar/1ryggfzwgm2znw8mqrwf5q3q21dghcaw1n0l3y9k3cfbkk94gnrj.nar.xz";
+    const NAR_LEN: u64 = 284;
+
+    /// A cache in a directory of its own, removed at the end.
+    struct Scratch {
+        dir: PathBuf,
+        cache: Cache,
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn scratch(tag: &str, uploads: bool) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("nbc-service-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("nar")).unwrap();
+        std::fs::write(dir.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
+        std::fs::write(
+            dir.join(format!("{HASH}.narinfo")),
+            format!(
+                "StorePath: /nix/store/{HASH}-fixture\nURL: {}\nCompression: xz\n\
+                 FileHash: sha256:1ryggfzwgm2znw8mqrwf5q3q21dghcaw1n0l3y9k3cfbkk94gnrj\n\
+                 FileSize: {NAR_LEN}\n\
+                 NarHash: sha256:1dkwm6fia7rwkgwkwlwqszbxwx5jh4vdwfz71fzk3s155k4yccv4\n\
+                 NarSize: 648\nReferences: \n",
+                &NAR[1..]
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join(&NAR[1..]), vec![7u8; NAR_LEN as usize]).unwrap();
+        let mut config = Config::new(&dir);
+        config.watch = WatchMode::Poll;
+        config.rescan_interval = Some(Duration::ZERO);
+        if uploads {
+            config.uploads = Some(UploadConfig::new(Tokens::parse("ci:secret\n")));
+        }
+        let cache = Cache::open(config).unwrap();
+        Scratch { dir, cache }
+    }
+
+    /// The answer to a request that gets one at once.
+    fn ask(cache: &Cache, method: Method, url: &str, headers: &[(&str, &str)]) -> (Kind, Response) {
+        match cache.handle(&Request::fake(method, url, headers)) {
+            (kind, Answer::Ready(response)) => (kind, response),
+            (_, Answer::Upload(u)) => panic!("{url}: admitted as an upload: {u:?}"),
+        }
+    }
+
+    fn get(cache: &Cache, url: &str, headers: &[(&str, &str)]) -> Response {
+        ask(cache, Method::Get, url, headers).1
+    }
+
+    fn text(response: &Response) -> &str {
+        match &response.body {
+            Body::Bytes(data, range) => std::str::from_utf8(&data[range.clone()]).unwrap(),
+            other => panic!("not in memory: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_method_is_refused_before_the_path_is_looked_at() {
+        let s = scratch("methods", false);
+        for (method, url) in [(Method::Other, "/../x"), (Method::Put, "/nix-cache-info")] {
+            let (kind, r) = ask(&s.cache, method, url, &[]);
+            assert_eq!(r.status, 405, "{url}");
+            assert_eq!(r.get_header("Allow"), Some("GET, HEAD"));
+            assert_eq!(text(&r), "allowed methods: GET, HEAD\n");
+            assert_eq!(r.get_header("Cache-Control"), Some("no-store"));
+            let expected = if url == "/../x" {
+                Kind::Other
+            } else {
+                Kind::CacheInfo
+            };
+            assert_eq!(kind, expected, "the label still comes from the route");
+        }
+        let s = scratch("methods-put", true);
+        let r = ask(&s.cache, Method::Other, "/nix-cache-info", &[]).1;
+        assert_eq!(
+            (r.status, r.get_header("Allow")),
+            (405, Some("GET, HEAD, PUT"))
+        );
+    }
+
+    #[test]
+    fn malformed_paths_are_400_and_paths_a_cache_cannot_hold_404() {
+        let s = scratch("paths", false);
+        for url in [
+            "/a/../b",
+            "/log/a%2Fb",
+            "/log/a%zz",
+            "/x\\y",
+            "nix-cache-info",
+        ] {
+            let (kind, r) = ask(&s.cache, Method::Get, url, &[]);
+            assert_eq!(r.status, 400, "{url}");
+            assert_eq!(kind, Kind::Other, "{url}");
+            assert!(text(&r).starts_with("malformed path"), "{url}");
+        }
+        let (kind, r) = ask(&s.cache, Method::Get, "/robots.txt", &[]);
+        assert_eq!((kind, r.status), (Kind::Other, 404));
+        assert_eq!(r.get_header("Cache-Control"), Some("public, max-age=5"));
+        assert_eq!(text(&r), "not in this cache\n");
+
+        // Routed but absent: a narinfo miss may be cached briefly, a NAR miss not at all.
+        let missing = format!("/{}.narinfo", "0".repeat(32));
+        let (kind, r) = ask(&s.cache, Method::Get, &missing, &[]);
+        assert_eq!((kind, r.status), (Kind::NarInfo, 404));
+        assert_eq!(r.get_header("Cache-Control"), Some("public, max-age=5"));
+        let missing = format!("/nar/{}.nar.xz", "0".repeat(52));
+        let (kind, r) = ask(&s.cache, Method::Head, &missing, &[]);
+        assert_eq!((kind, r.status), (Kind::Nar, 404));
+        assert_eq!(r.get_header("Cache-Control"), Some("no-store"));
+    }
+
+    #[test]
+    fn a_query_string_does_not_change_the_route() {
+        let s = scratch("query", false);
+        let (kind, r) = ask(&s.cache, Method::Get, "/?utm=x", &[]);
+        assert_eq!((kind, r.status), (Kind::Landing, 200));
+        assert_eq!(
+            r.get_header("Content-Type"),
+            Some("text/html; charset=utf-8")
+        );
+        let (kind, r) = ask(&s.cache, Method::Get, "/nix-cache-info?x=1", &[]);
+        assert_eq!((kind, r.status), (Kind::CacheInfo, 200));
+        assert!(text(&r).contains("StoreDir: /nix/store\n"));
+    }
+
+    #[test]
+    fn if_none_match_and_if_modified_since_answer_304_with_validators_only() {
+        let s = scratch("conditional", false);
+        let url = format!("/{HASH}.narinfo");
+        let full = get(&s.cache, &url, &[]);
+        assert_eq!(full.status, 200);
+        assert!(text(&full).starts_with(&format!("StorePath: /nix/store/{HASH}-fixture\n")));
+        let etag = full.get_header("ETag").unwrap().to_string();
+        let last_modified = full.get_header("Last-Modified").unwrap().to_string();
+
+        let weak = format!("W/{etag}");
+        let listed = format!("\"other\", {etag}");
+        for inm in [etag.as_str(), weak.as_str(), listed.as_str(), "*"] {
+            let r = get(&s.cache, &url, &[("If-None-Match", inm)]);
+            assert_eq!(r.status, 304, "{inm}");
+            assert!(r.body.is_empty());
+            let names: Vec<_> = r.headers.iter().map(|(n, _)| *n).collect();
+            assert_eq!(names, ["Cache-Control", "ETag", "Last-Modified"]);
+        }
+        let r = get(&s.cache, &url, &[("If-None-Match", "\"other\"")]);
+        assert_eq!(r.status, 200);
+        // If-None-Match wins over If-Modified-Since.
+        let r = get(
+            &s.cache,
+            &url,
+            &[
+                ("If-None-Match", "\"other\""),
+                ("If-Modified-Since", &last_modified),
+            ],
+        );
+        assert_eq!(r.status, 200);
+
+        let r = get(&s.cache, &url, &[("If-Modified-Since", &last_modified)]);
+        assert_eq!(r.status, 304);
+        let r = get(
+            &s.cache,
+            &url,
+            &[("If-Modified-Since", "Thu, 01 Jan 1970 00:00:00 GMT")],
+        );
+        assert_eq!(r.status, 200);
+        let r = get(&s.cache, &url, &[("If-Modified-Since", "not a date")]);
+        assert_eq!(r.status, 200);
+    }
+
+    #[test]
+    fn ranges_slice_the_file_unless_if_range_says_it_changed() {
+        let s = scratch("ranges", false);
+        let full = get(&s.cache, NAR, &[]);
+        assert_eq!((full.status, full.body.len()), (200, NAR_LEN));
+        assert_eq!(full.get_header("Accept-Ranges"), Some("bytes"));
+        let etag = full.get_header("ETag").unwrap().to_string();
+
+        let r = get(&s.cache, NAR, &[("Range", "bytes=10-19")]);
+        assert_eq!((r.status, r.body.len()), (206, 10));
+        assert_eq!(r.get_header("Content-Range"), Some("bytes 10-19/284"));
+        assert!(matches!(
+            r.body,
+            Body::File {
+                offset: 10,
+                len: 10,
+                ..
+            }
+        ));
+
+        let r = get(&s.cache, NAR, &[("Range", "bytes=284-")]);
+        assert_eq!((r.status, r.body.len()), (416, 0));
+        assert_eq!(r.get_header("Content-Range"), Some("bytes */284"));
+
+        let r = get(
+            &s.cache,
+            NAR,
+            &[("Range", "bytes=0-0"), ("If-Range", "\"stale\"")],
+        );
+        assert_eq!((r.status, r.body.len()), (200, NAR_LEN));
+        let r = get(
+            &s.cache,
+            NAR,
+            &[("Range", "bytes=0-0"), ("If-Range", &etag)],
+        );
+        assert_eq!((r.status, r.body.len()), (206, 1));
+
+        // In-memory bodies are sliced the same way.
+        let r = get(
+            &s.cache,
+            &format!("/{HASH}.narinfo"),
+            &[("Range", "bytes=0-9")],
+        );
+        assert_eq!((r.status, text(&r)), (206, "StorePath:"));
+    }
+
+    #[test]
+    fn uploads_are_admitted_by_token_and_encoding_before_any_body_is_read() {
+        let s = scratch("uploads", true);
+        let url = format!("/{HASH}.narinfo");
+        for auth in [None, Some("Bearer wrong"), Some("Basic !!!")] {
+            let headers: Vec<_> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+            let (kind, r) = ask(&s.cache, Method::Put, &url, &headers);
+            assert_eq!((kind, r.status), (Kind::NarInfo, 401), "{auth:?}");
+            assert_eq!(
+                r.get_header("WWW-Authenticate"),
+                Some("Basic realm=\"nix-binary-cache\"")
+            );
+        }
+        let auth = ("Authorization", "Bearer secret");
+        let (_, r) = ask(
+            &s.cache,
+            Method::Put,
+            &url,
+            &[auth, ("Content-Encoding", "compress")],
+        );
+        assert_eq!(r.status, 415);
+        assert!(text(&r).starts_with("Content-Encoding compress is not decoded here"));
+
+        let request = Request::fake(Method::Put, "/x/../y?q", &[auth]);
+        match s.cache.handle(&request) {
+            (Kind::Other, Answer::Upload(u)) => {
+                assert_eq!(
+                    (u.path.as_str(), u.path_and_query.as_str()),
+                    ("/x/../y", "/x/../y?q")
+                );
+                assert_eq!(&*u.who, "ci");
+            }
+            (kind, other) => panic!("{kind:?} {other:?}"),
+        }
+    }
+}

@@ -52,7 +52,7 @@ struct Content {
     file_size: u64,
     /// What clients get: the bytes plus our signatures, made on first use and kept.
     served: OnceLock<Served>,
-    /// When the file was last found unchanged on disk ([`clock_ms`]).
+    /// When the file was last found unchanged on disk ([`Clock`]).
     checked_ms: AtomicU64,
 }
 
@@ -92,10 +92,29 @@ impl Entry {
 /// immediately.
 pub const REVALIDATE_AFTER: Duration = Duration::from_secs(1);
 
-/// Milliseconds since the first call: a cheap, monotonic clock for `Content::checked_ms`.
-fn clock_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+/// A cheap, monotonic clock in milliseconds for `Content::checked_ms`. Tests move it forward
+/// by hand ([`Clock::advance`]); otherwise it is the time since the process's first call.
+#[derive(Debug, Default)]
+pub(crate) struct Clock {
+    #[cfg(test)]
+    skew_ms: AtomicU64,
+}
+
+impl Clock {
+    fn now_ms(&self) -> u64 {
+        static START: OnceLock<Instant> = OnceLock::new();
+        let now = START.get_or_init(Instant::now).elapsed().as_millis() as u64;
+        #[cfg(test)]
+        let now = now + self.skew_ms.load(Ordering::Relaxed);
+        now
+    }
+
+    /// Moves this clock forward by `by`.
+    #[cfg(test)]
+    pub(crate) fn advance(&self, by: Duration) {
+        self.skew_ms
+            .fetch_add(by.as_millis() as u64, Ordering::Relaxed);
+    }
 }
 
 /// An element of the index: an entry, hashed and compared by its key. A set of these needs one
@@ -216,6 +235,8 @@ pub struct Index {
     /// Set once every file the first scan listed has been read.
     first_read: AtomicBool,
     pub counters: Counters,
+    /// Decides when a narinfo served from memory is checked on disk again.
+    pub(crate) clock: Clock,
 }
 
 /// What the watcher and the rescans did, for `/metrics`.
@@ -257,6 +278,7 @@ impl Index {
             first_scan: (Mutex::new(false), Condvar::new()),
             first_read: AtomicBool::new(false),
             counters: Counters::default(),
+            clock: Clock::default(),
         }
     }
 
@@ -397,7 +419,7 @@ impl Index {
         hash: &str,
         cached: Option<Arc<Entry>>,
     ) -> io::Result<Lookup> {
-        let now = clock_ms();
+        let now = self.clock.now_ms();
         let path = self.path_of(hash);
         let Some(entry) = cached else {
             return match files::version(&path)? {
@@ -591,7 +613,7 @@ impl Index {
             version,
             file_size,
             served,
-            checked_ms: AtomicU64::new(clock_ms()),
+            checked_ms: AtomicU64::new(self.clock.now_ms()),
         })
     }
 
@@ -748,7 +770,9 @@ impl Index {
         let path = self.path_of(&nix32::encode(&old.key));
         match files::version(&path) {
             Ok(Some(v)) if v == content.version => {
-                content.checked_ms.store(clock_ms(), Ordering::Relaxed);
+                content
+                    .checked_ms
+                    .store(self.clock.now_ms(), Ordering::Relaxed);
                 Some(old.clone())
             }
             _ => None,
@@ -838,4 +862,68 @@ pub fn fnv1a(data: &[u8]) -> u64 {
 /// periodic rescan reuses the same memory next time anyway.
 pub(crate) fn give_back_free_memory() {
     crate::os::process::malloc_trim();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "6ll6zs2rb9av0iylc29c154xzi53g46a";
+
+    fn narinfo(deriver: &str) -> String {
+        format!(
+            "StorePath: /nix/store/{HASH}-fixture-mid\n\
+             URL: nar/1ryggfzwgm2znw8mqrwf5q3q21dghcaw1n0l3y9k3cfbkk94gnrj.nar.xz\n\
+             Compression: xz\n\
+             FileHash: sha256:1ryggfzwgm2znw8mqrwf5q3q21dghcaw1n0l3y9k3cfbkk94gnrj\n\
+             FileSize: 284\n\
+             NarHash: sha256:1dkwm6fia7rwkgwkwlwqszbxwx5jh4vdwfz71fzk3s155k4yccv4\n\
+             NarSize: 648\n\
+             References: \n\
+             Deriver: {deriver}\n"
+        )
+    }
+
+    /// The body served for HASH now, or `None` for a miss.
+    fn served(index: &Index) -> Option<String> {
+        match index.get(HASH).unwrap() {
+            Lookup::Found(entry) => {
+                Some(String::from_utf8(index.served(&entry).body.to_vec()).unwrap())
+            }
+            Lookup::Missing => None,
+        }
+    }
+
+    #[test]
+    fn a_hit_is_checked_on_disk_again_only_after_revalidate_after() {
+        let dir = std::env::temp_dir().join(format!("nbc-index-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(format!("{HASH}.narinfo"));
+        let first = narinfo("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x.drv");
+        std::fs::write(&file, &first).unwrap();
+        // Not watched: lookups fall through to the disk, as in poll mode.
+        let index = Index::new(&dir, "/nix/store", Vec::new());
+        assert!(!index.is_watched());
+        assert_eq!(served(&index).as_deref(), Some(first.as_str()));
+
+        // Rewritten (another length, so another version): within REVALIDATE_AFTER the entry
+        // read a moment ago is served without a look at the disk.
+        let second = narinfo("bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-longer-name.drv");
+        std::fs::write(&file, &second).unwrap();
+        assert_eq!(served(&index).as_deref(), Some(first.as_str()));
+        index.clock.advance(REVALIDATE_AFTER);
+        assert_eq!(served(&index).as_deref(), Some(second.as_str()));
+
+        // Removed: still a hit until the next check, then a miss.
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(served(&index).as_deref(), Some(second.as_str()));
+        index.clock.advance(REVALIDATE_AFTER);
+        assert_eq!(served(&index), None);
+
+        // A miss is never remembered: a file copied in is found at once.
+        std::fs::write(&file, &first).unwrap();
+        assert_eq!(served(&index).as_deref(), Some(first.as_str()));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
