@@ -187,6 +187,15 @@ fn is_build_id(name: &str) -> bool {
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
 }
 
+/// `nar/…` for a narinfo URL the server would serve as a NAR, else `None`.
+pub fn nar_rel(url: &str) -> Option<String> {
+    let path = format!("/{url}");
+    match route(&path) {
+        Ok(Route::File(FileKind::Nar, rel)) => Some(rel.to_string()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 //! `nix-cache-info` text, which paths a binary cache holds, and ed25519 narinfo signatures.
 
 pub mod cache_info;
+pub mod hash;
 pub mod layout;
 pub mod narinfo;
 pub mod nix32;

@@ -17,6 +17,7 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use ed25519_dalek::{Signature, Signer};
 
+use crate::nix::hash::{self, DigestError};
 use crate::nix::narinfo::{NarInfo, is_well_formed_sig};
 use crate::nix::nix32;
 
@@ -374,7 +375,12 @@ pub fn fingerprint(info: &NarInfo, store_dir: &str) -> Result<String, Fingerprin
     if info.nar_size == 0 {
         return Err(refuse(FingerprintProblem::ZeroNarSize));
     }
-    let digest = sha256_digest(info.nar_hash).map_err(refuse)?;
+    let digest = hash::sha256_digest(info.nar_hash).map_err(|e| {
+        refuse(match e {
+            DigestError::NotSha256 => FingerprintProblem::NotSha256,
+            DigestError::Bad(why) => FingerprintProblem::BadDigest(why),
+        })
+    })?;
     let references: BTreeSet<String> = info
         .references
         .iter()
@@ -387,54 +393,6 @@ pub fn fingerprint(info: &NarInfo, store_dir: &str) -> Result<String, Fingerprin
         info.nar_size,
         references.into_iter().collect::<Vec<_>>().join(",")
     ))
-}
-
-/// Decodes a sha256 hash in any form Nix parses: SRI `sha256-<base64>`, or `sha256:` followed by
-/// nix32, base16 or base64, which Nix tells apart by length.
-pub(crate) fn sha256_digest(value: &str) -> Result<[u8; 32], FingerprintProblem> {
-    let mut digest = [0u8; 32];
-    if let Some(b64) = value.strip_prefix("sha256-") {
-        decode_base64_digest(b64, &mut digest)?;
-    } else if let Some(text) = value.strip_prefix("sha256:") {
-        match text.len() {
-            nix32::SHA256_LEN => nix32::decode_into(text.as_bytes(), &mut digest)
-                .ok_or(FingerprintProblem::BadDigest("invalid nix32"))?,
-            64 => decode_hex(text, &mut digest)?,
-            44 => decode_base64_digest(text, &mut digest)?,
-            _ => {
-                return Err(FingerprintProblem::BadDigest(
-                    "wrong length: sha256 is 52 nix32, 64 hex or 44 base64 characters",
-                ));
-            }
-        }
-    } else {
-        return Err(FingerprintProblem::NotSha256);
-    }
-    Ok(digest)
-}
-
-fn decode_base64_digest(text: &str, out: &mut [u8; 32]) -> Result<(), FingerprintProblem> {
-    match BASE64.decode(text) {
-        Ok(bytes) if bytes.len() == out.len() => {
-            out.copy_from_slice(&bytes);
-            Ok(())
-        }
-        _ => Err(FingerprintProblem::BadDigest(
-            "invalid base64 sha256 digest",
-        )),
-    }
-}
-
-fn decode_hex(text: &str, out: &mut [u8; 32]) -> Result<(), FingerprintProblem> {
-    let bad = FingerprintProblem::BadDigest("invalid hexadecimal");
-    if text.len() != out.len() * 2 {
-        return Err(bad);
-    }
-    for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
-        let digit = |c: u8| (c as char).to_digit(16).ok_or(bad.clone());
-        *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
-    }
-    Ok(())
 }
 
 /// Why a narinfo cannot be signed; the message names the store path and what to fix.

@@ -43,9 +43,12 @@ use std::time::{Duration, SystemTime};
 
 use rayon::prelude::*;
 
-use crate::ops::verify::{self, Entry, Problem, in_file};
-use crate::store::files::{self, Version};
+use crate::nix::layout::nar_rel;
+use crate::ops::verify::Problem;
+use crate::store::files::{self, Version, in_file, list_dir};
+use crate::store::scan::{self, Broken, NarInfoFile};
 use crate::store::served_times::ServedTimes;
+use crate::store::tempfile::temporary;
 
 /// A narinfo-less NAR younger than this may be an upload whose narinfo is still to come.
 const STRAY_GRACE: Duration = Duration::from_secs(3600);
@@ -167,13 +170,14 @@ pub fn plan_with(
     }
     let info = crate::store::cache_info::load(root, None)
         .map_err(|e| in_file(&root.join("nix-cache-info"), e))?;
-    let scan = verify::scan_narinfos(root, &info.store_dir)?;
+    let scan = scan::scan_narinfos(root, &info.store_dir)?;
     // A narinfo gc cannot read may still be served: its NAR must not look like a stray.
     if let Some(p) = scan
         .broken
         .iter()
-        .find(|p| matches!(p, Problem::Unreadable { .. }))
+        .find(|b| matches!(b, Broken::Unreadable { .. }))
     {
+        let p = Problem::from(p.clone());
         let msg = format!("{p}; gc must read every narinfo: run it as the cache's owner");
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, msg));
     }
@@ -246,7 +250,7 @@ pub fn execute(root: &Path, plan: &Plan) -> io::Result<Outcome> {
 
 /// A valid path with the files that belong to it.
 struct Candidate {
-    entry: Entry,
+    entry: NarInfoFile,
     narinfo: PlannedFile,
     listing: Option<PlannedFile>,
     /// `nar/…`, when the URL is a NAR path the server serves.
@@ -271,7 +275,7 @@ impl Candidate {
 /// Looks up the files and times of every valid path, in parallel; sorted least recent first.
 fn gather(
     root: &Path,
-    entries: Vec<Entry>,
+    entries: Vec<NarInfoFile>,
     served: Option<&ServedTimes>,
 ) -> io::Result<Vec<Candidate>> {
     let found: io::Result<Vec<Option<Candidate>>> = entries
@@ -286,7 +290,7 @@ fn gather(
 /// `None` if the narinfo vanished since the scan.
 fn gather_one(
     root: &Path,
-    entry: Entry,
+    entry: NarInfoFile,
     served: Option<&ServedTimes>,
 ) -> io::Result<Option<Candidate>> {
     let Some((narinfo, narinfo_meta)) = stat(&entry.file)? else {
@@ -294,7 +298,7 @@ fn gather_one(
     };
     let listing = stat(&root.join(format!("{}.ls", entry.hash)))?.map(|(f, _)| f);
     // Only a URL the server serves as a NAR is ever deleted: nothing outside nar/.
-    let nar_rel = verify::nar_rel(&entry.url);
+    let nar_rel = nar_rel(&entry.url);
     let nar = match &nar_rel {
         Some(rel) => stat(&root.join(rel))?,
         None => None,
@@ -529,7 +533,7 @@ fn stray_nars(
     now: SystemTime,
 ) -> io::Result<Vec<PlannedFile>> {
     let dir = root.join("nar");
-    let entries = match verify::list_dir(&dir) {
+    let entries = match list_dir(&dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -538,7 +542,7 @@ fn stray_nars(
     for (name, kind) in entries {
         let lossy = name.to_string_lossy();
         let referenced = pointed.contains(format!("nar/{lossy}").as_str());
-        if kind.is_dir() || referenced || verify::temporary(&lossy).is_some() {
+        if kind.is_dir() || referenced || temporary(&lossy).is_some() {
             continue;
         }
         let Some((file, meta)) = stat(&dir.join(&name))? else {

@@ -12,20 +12,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::nix::layout::{FileKind, Route, route};
-use crate::nix::narinfo::NarInfo;
-use crate::nix::nix32;
-use crate::store::files;
-use crate::store::upload::MAX_METADATA_BYTES;
+use crate::nix::{hash, nix32};
+use crate::store::files::{self, in_file, list_dir, open_untouched};
+use crate::store::scan::{Broken, NarInfoFile, scan_narinfos};
+use crate::store::tempfile::{Temporary, temporary};
 
 /// What to check.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -124,6 +121,18 @@ impl Problem {
             | Problem::HashMismatch { narinfo, .. }
             | Problem::UncheckableHash { narinfo, .. }
             | Problem::MissingReference { narinfo, .. } => narinfo,
+        }
+    }
+}
+
+impl From<Broken> for Problem {
+    fn from(broken: Broken) -> Problem {
+        match broken {
+            Broken::Unreadable { file, error } => Problem::Unreadable { file, error },
+            Broken::Malformed { file, reason } => Problem::MalformedNarInfo { file, reason },
+            Broken::WrongStorePath { file, store_path } => {
+                Problem::WrongStorePath { file, store_path }
+            }
         }
     }
 }
@@ -257,7 +266,9 @@ pub fn verify(
     if !options.allow_linked_dirs {
         report.problems.extend(linked_dirs(root));
     }
-    report.problems.extend(scan.broken.iter().cloned());
+    report
+        .problems
+        .extend(scan.broken.iter().cloned().map(Problem::from));
 
     let present: HashSet<&str> = scan.entries.iter().map(|e| e.hash.as_str()).collect();
     let mut jobs = HashMap::new();
@@ -279,248 +290,10 @@ pub fn verify(
     Ok(report)
 }
 
-// ---- Reading narinfos (shared with gc) ----
-
-/// A narinfo that parsed and names its own path, with owned fields.
-#[derive(Debug, Clone)]
-pub(crate) struct Entry {
-    /// The 32-character store hash: the file name stem.
-    pub hash: String,
-    pub file: PathBuf,
-    pub store_path: String,
-    pub url: String,
-    pub file_hash: Option<String>,
-    pub file_size: Option<u64>,
-    /// Base names of referenced paths, self-references left out.
-    pub references: Vec<String>,
-}
-
-impl Entry {
-    /// `nar/…` relative to the root, if the URL is one the server serves as a NAR.
-    pub fn nar_rel(&self) -> Option<String> {
-        nar_rel(&self.url)
-    }
-
-    /// Hash parts of the referenced paths (parsing checked each is a store base name).
-    pub fn reference_hashes(&self) -> impl Iterator<Item = &str> {
-        self.references
-            .iter()
-            .filter_map(|r| r.get(..nix32::STORE_HASH_LEN))
-    }
-}
-
-/// All `*.narinfo` files of a cache.
-#[derive(Debug, Default)]
-pub(crate) struct Scan {
-    /// The good ones, sorted by hash.
-    pub entries: Vec<Entry>,
-    /// One problem per broken file (malformed, wrong StorePath, unreadable).
-    pub broken: Vec<Problem>,
-    /// `nar/…` paths named by `URL:` lines of broken files: not strays, whatever else is wrong.
-    pub salvaged_urls: HashSet<String>,
-}
-
-/// How one narinfo file turned out.
-enum Loaded {
-    Good(Entry),
-    Broken(Problem, Option<String>),
-    /// Removed between listing and reading.
-    Gone,
-}
-
-/// Reads every `*.narinfo` in `root`, in parallel.
-pub(crate) fn scan_narinfos(root: &Path, store_dir: &str) -> io::Result<Scan> {
-    let names: Vec<String> = list_dir(root)?
-        .into_iter()
-        .filter_map(|(name, _)| name.to_str().map(str::to_string))
-        .filter(|name| name.ends_with(".narinfo"))
-        .collect();
-    let loaded: Vec<Loaded> = names
-        .par_iter()
-        .map(|name| load_narinfo(&root.join(name), name, store_dir))
-        .collect();
-
-    let mut scan = Scan::default();
-    for item in loaded {
-        match item {
-            Loaded::Good(entry) => scan.entries.push(entry),
-            Loaded::Broken(problem, url) => {
-                scan.broken.push(problem);
-                scan.salvaged_urls.extend(url.as_deref().and_then(nar_rel));
-            }
-            Loaded::Gone => {}
-        }
-    }
-    Ok(scan)
-}
-
-fn load_narinfo(path: &Path, name: &str, store_dir: &str) -> Loaded {
-    let malformed = |reason: &str, url: Option<String>| {
-        let file = path.to_path_buf();
-        let reason = reason.to_string();
-        Loaded::Broken(Problem::MalformedNarInfo { file, reason }, url)
-    };
-    let hash = name.strip_suffix(".narinfo").unwrap_or(name);
-    if !nix32::is_store_hash(hash) {
-        return malformed("the name is not <32-character store hash>.narinfo", None);
-    }
-    let bytes = match read_small(path) {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => match std::fs::symlink_metadata(path) {
-            Err(e) if files::is_absent(&e) => return Loaded::Gone,
-            _ => return malformed("not a regular file; links are not followed", None),
-        },
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => return malformed(&e.to_string(), None),
-        Err(e) => return unreadable(path, &e),
-    };
-    let text = match String::from_utf8(bytes) {
-        Ok(text) => text,
-        Err(e) => {
-            return malformed(
-                "not UTF-8",
-                salvage_url(&String::from_utf8_lossy(e.as_bytes())),
-            );
-        }
-    };
-    let info = match NarInfo::parse(&text, store_dir) {
-        Ok(info) => info,
-        Err(e) => return malformed(&e.0, salvage_url(&text)),
-    };
-    if info.store_hash() != hash {
-        let problem = Problem::WrongStorePath {
-            file: path.to_path_buf(),
-            store_path: info.store_path.to_string(),
-        };
-        return Loaded::Broken(problem, Some(info.url.to_string()));
-    }
-    Loaded::Good(owned_entry(path, hash, &info))
-}
-
-fn unreadable(path: &Path, e: &io::Error) -> Loaded {
-    let file = path.to_path_buf();
-    let problem = Problem::Unreadable {
-        file,
-        error: e.to_string(),
-    };
-    Loaded::Broken(problem, None)
-}
-
-fn owned_entry(path: &Path, hash: &str, info: &NarInfo<'_>) -> Entry {
-    Entry {
-        hash: hash.to_string(),
-        file: path.to_path_buf(),
-        store_path: info.store_path.to_string(),
-        url: info.url.to_string(),
-        file_hash: info.file_hash.map(str::to_string),
-        file_size: info.file_size,
-        references: info
-            .references
-            .iter()
-            .filter(|r| !r.starts_with(hash))
-            .map(|r| r.to_string())
-            .collect(),
-    }
-}
-
-/// Reads a narinfo-sized file; `Ok(None)` if absent or not a regular file. Larger than
-/// [`MAX_METADATA_BYTES`] is an `InvalidData` error: no real narinfo comes near it.
-fn read_small(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let Some((file, meta)) = open_untouched(path)? else {
-        return Ok(None);
-    };
-    if meta.len() > MAX_METADATA_BYTES {
-        let msg = format!("larger than {MAX_METADATA_BYTES} bytes, not a narinfo");
-        return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_METADATA_BYTES).read_to_end(&mut bytes)?;
-    Ok(Some(bytes))
-}
-
-/// The `URL:` value of a narinfo that does not parse, so its NAR is not called a stray.
-fn salvage_url(text: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("URL: "))
-        .map(|u| u.trim().to_string())
-}
-
-/// Opens a regular file for reading without following links and, where permitted, without
-/// updating its access time (gc reads atimes as "last used").
-pub(crate) fn open_untouched(path: &Path) -> io::Result<Option<(File, Metadata)>> {
-    let open = |extra: i32| {
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | extra)
-            .open(path)
-    };
-    // O_NOATIME is refused (EPERM) on files of other users unless we are root.
-    let opened = match open(libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
-        other => other,
-    };
-    match opened {
-        Ok(file) => {
-            let meta = file.metadata()?;
-            Ok(meta.is_file().then_some((file, meta)))
-        }
-        Err(e) if files::is_absent(&e) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// `nar/…` for a narinfo URL the server would serve as a NAR, else `None`.
-pub(crate) fn nar_rel(url: &str) -> Option<String> {
-    let path = format!("/{url}");
-    match route(&path) {
-        Ok(Route::File(FileKind::Nar, rel)) => Some(rel.to_string()),
-        _ => None,
-    }
-}
-
-/// The entries of a directory with their types (links not followed), sorted by name.
-pub(crate) fn list_dir(dir: &Path) -> io::Result<Vec<(std::ffi::OsString, std::fs::FileType)>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| in_file(dir, e))?;
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| in_file(dir, e))?;
-        let Ok(kind) = entry.file_type() else {
-            continue; // Removed meanwhile.
-        };
-        out.push((entry.file_name(), kind));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
-}
-
-/// Adds the file name to an error, so the operator knows which file to look at.
-pub(crate) fn in_file(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-}
-
-/// Which kind of temporary a file name is, if any.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Temporary {
-    /// `.nbc-upload.<host>.<pid>.<n>.tmp`, written by this server (see `atomic.rs`).
-    Upload,
-    /// `<name>.tmp` or `<name>.tmp.<pid>[.<n>]`, written by Nix's `file://` store.
-    Nix,
-}
-
-pub(crate) fn temporary(name: &str) -> Option<Temporary> {
-    if name.starts_with(".nbc-upload.") && name.ends_with(".tmp") {
-        return Some(Temporary::Upload);
-    }
-    // Only Nix's own pattern: a log named `…-foo.tmpl.drv` is not a temporary.
-    let nix_suffix = name.rsplit_once(".tmp.").is_some_and(|(_, tail)| {
-        !tail.is_empty() && tail.bytes().all(|c| c.is_ascii_digit() || c == b'.')
-    });
-    (name.ends_with(".tmp") || nix_suffix).then_some(Temporary::Nix)
-}
-
 // ---- Checks of one narinfo ----
 
 fn missing_references<'a>(
-    entry: &'a Entry,
+    entry: &'a NarInfoFile,
     present: &'a HashSet<&str>,
 ) -> impl Iterator<Item = Problem> + 'a {
     entry
@@ -553,7 +326,7 @@ struct Expected {
 /// Checks that the NAR exists with the right size, and queues it for hashing unless `quick`.
 fn check_nar(
     root: &Path,
-    entry: &Entry,
+    entry: &NarInfoFile,
     quick: bool,
     jobs: &mut HashMap<String, HashJob>,
 ) -> Option<Problem> {
@@ -607,22 +380,10 @@ fn parse_expected(file_hash: &str) -> Option<Expected> {
     let nix32 = if digest.len() == nix32::SHA256_LEN && nix32::is_nix32(digest.as_bytes()) {
         digest.to_string()
     } else {
-        nix32::encode(&decode_hex(digest)?)
+        nix32::encode(&hash::decode_hex32(digest)?)
     };
     let written = file_hash.to_string();
     Some(Expected { written, nix32 })
-}
-
-fn decode_hex(text: &str) -> Option<[u8; 32]> {
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks(2)) {
-        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(out)
 }
 
 // ---- Hashing ----
@@ -815,20 +576,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn temporaries_are_told_apart_from_names_that_merely_contain_tmp() {
-        assert_eq!(
-            temporary(".nbc-upload.host.12.0.tmp"),
-            Some(Temporary::Upload)
-        );
-        assert_eq!(temporary("abc.narinfo.tmp.123"), Some(Temporary::Nix));
-        assert_eq!(temporary("abc.nar.xz.tmp.123.4"), Some(Temporary::Nix));
-        assert_eq!(temporary("abc.tmp"), Some(Temporary::Nix));
-        assert_eq!(temporary("x-config.tmpl.drv"), None);
-        assert_eq!(temporary("x-a.tmp.b.drv"), None);
-        assert_eq!(temporary("abc.narinfo"), None);
-    }
-
-    #[test]
     fn file_hashes_in_nix32_and_hex_compare_alike() {
         // sha256 of the empty string.
         let nix32 = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
@@ -844,14 +591,5 @@ mod tests {
         assert!(parse_expected("sha512:abc").is_none());
         assert!(parse_expected("sha256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=").is_none());
         assert!(parse_expected(&format!("sha256:{}", "é".repeat(32))).is_none());
-    }
-
-    #[test]
-    fn salvaged_urls_keep_nars_of_broken_narinfos() {
-        let text = "StorePath: junk\nURL: nar/abc.nar.xz\n";
-        assert_eq!(salvage_url(text).as_deref(), Some("nar/abc.nar.xz"));
-        assert_eq!(nar_rel("nar/abc.nar.xz").as_deref(), Some("nar/abc.nar.xz"));
-        assert_eq!(nar_rel("../etc/passwd"), None);
-        assert_eq!(nar_rel("log/x"), None);
     }
 }

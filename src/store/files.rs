@@ -58,6 +58,54 @@ pub fn version(path: &Path) -> io::Result<Option<Version>> {
     }
 }
 
+/// Largest narinfo or `nix-cache-info` accepted (uploads) or read (verify, gc); real ones are
+/// a few hundred bytes.
+pub const MAX_METADATA_BYTES: u64 = 1 << 20;
+
+/// Opens a regular file for reading without following links and, where permitted, without
+/// updating its access time (gc reads atimes as "last used").
+pub fn open_untouched(path: &Path) -> io::Result<Option<(File, Metadata)>> {
+    let open = |extra: i32| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | extra)
+            .open(path)
+    };
+    // O_NOATIME is refused (EPERM) on files of other users unless we are root.
+    let opened = match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    };
+    match opened {
+        Ok(file) => {
+            let meta = file.metadata()?;
+            Ok(meta.is_file().then_some((file, meta)))
+        }
+        Err(e) if is_absent(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The entries of a directory with their types (links not followed), sorted by name.
+pub fn list_dir(dir: &Path) -> io::Result<Vec<(std::ffi::OsString, std::fs::FileType)>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| in_file(dir, e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| in_file(dir, e))?;
+        let Ok(kind) = entry.file_type() else {
+            continue; // Removed meanwhile.
+        };
+        out.push((entry.file_name(), kind));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Adds the file name to an error, so the operator knows which file to look at.
+pub fn in_file(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::nix::hash;
 use crate::nix::narinfo::NarInfo;
-use crate::nix::signing;
 
 /// What to do with an upload of a narinfo that already exists.
 #[derive(Debug, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub fn replace(old_text: &str, old: &NarInfo, new: &NarInfo) -> Result<Replaceme
 fn same_hash(a: &str, b: &str) -> bool {
     a == b
         || matches!(
-            (signing::sha256_digest(a), signing::sha256_digest(b)),
+            (hash::sha256_digest(a), hash::sha256_digest(b)),
             (Ok(x), Ok(y)) if x == y
         )
 }

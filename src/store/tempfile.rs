@@ -164,6 +164,26 @@ fn hostname() -> String {
     }
 }
 
+/// Which kind of temporary a file name is, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Temporary {
+    /// `.nbc-upload.<host>.<pid>.<n>.tmp`, written by this server (see [`TempFile`]).
+    Upload,
+    /// `<name>.tmp` or `<name>.tmp.<pid>[.<n>]`, written by Nix's `file://` store.
+    Nix,
+}
+
+pub fn temporary(name: &str) -> Option<Temporary> {
+    if name.starts_with(".nbc-upload.") && name.ends_with(".tmp") {
+        return Some(Temporary::Upload);
+    }
+    // Only Nix's own pattern: a log named `…-foo.tmpl.drv` is not a temporary.
+    let nix_suffix = name.rsplit_once(".tmp.").is_some_and(|(_, tail)| {
+        !tail.is_empty() && tail.bytes().all(|c| c.is_ascii_digit() || c == b'.')
+    });
+    (name.ends_with(".tmp") || nix_suffix).then_some(Temporary::Nix)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +265,19 @@ mod tests {
         assert_eq!(clean_stale(&dir), 1);
         assert!(!dead.exists() && alive.exists() && foreign.exists());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn temporaries_are_told_apart_from_names_that_merely_contain_tmp() {
+        assert_eq!(
+            temporary(".nbc-upload.host.12.0.tmp"),
+            Some(Temporary::Upload)
+        );
+        assert_eq!(temporary("abc.narinfo.tmp.123"), Some(Temporary::Nix));
+        assert_eq!(temporary("abc.nar.xz.tmp.123.4"), Some(Temporary::Nix));
+        assert_eq!(temporary("abc.tmp"), Some(Temporary::Nix));
+        assert_eq!(temporary("x-config.tmpl.drv"), None);
+        assert_eq!(temporary("x-a.tmp.b.drv"), None);
+        assert_eq!(temporary("abc.narinfo"), None);
     }
 }

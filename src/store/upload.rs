@@ -18,11 +18,9 @@ use crate::nix::layout::{FileKind, Route, decode, route};
 use crate::nix::narinfo::NarInfo;
 use crate::nix::nix32;
 use crate::store::encoding::Encoding;
+use crate::store::files::MAX_METADATA_BYTES;
 use crate::store::immutable::Replacement;
 use crate::store::tempfile::TempFile;
-
-/// Largest narinfo or nix-cache-info accepted; real ones are a few hundred bytes.
-pub const MAX_METADATA_BYTES: u64 = 1 << 20;
 
 /// Largest decoded `.ls` or log accepted from a compressed upload (below `--max-upload-size`
 /// if that is smaller): a few kilobytes of compressed zeros must not fill the disk.
@@ -262,9 +260,9 @@ impl Target<'_> {
     /// The narinfo is the commit point of an upload: its NAR must already be here, whole.
     fn check_nar_present(&self, info: &NarInfo) -> Result<(), UploadError> {
         let url = info.url.split('?').next().unwrap_or(info.url);
-        let rel = match route(&format!("/{url}")) {
-            Ok(Route::File(FileKind::Nar, rel)) => rel.to_string(),
-            _ => {
+        let rel = match crate::nix::layout::nar_rel(url) {
+            Some(rel) => rel,
+            None => {
                 return Err(UploadError::Invalid(format!(
                     "URL {} is not a NAR path (nar/<hash>.nar…)",
                     info.url
