@@ -174,6 +174,237 @@ impl std::fmt::Display for UsageError {
     }
 }
 
+/// One option of `serve`: its flag, its environment twin, and how a value is taken. Every serve
+/// option is here once; `HELP` describes each (a test checks that it names every flag and
+/// variable) and [`Given::finish`] applies the defaults.
+struct Opt {
+    long: &'static str,
+    short: Option<char>,
+    env: &'static str,
+    /// A switch takes no value on the command line (its variable takes on|off).
+    switch: bool,
+    /// Stores a value; `Src` says where it came from, for the message if it is invalid.
+    set: fn(&mut Given, &str, Src) -> Result<(), UsageError>,
+}
+
+/// Where a value was given.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    Flag,
+    Env(&'a str),
+}
+
+/// The serve options in the order their variables are read (the first invalid one is reported).
+const SERVE_OPTIONS: &[Opt] = &[
+    Opt {
+        long: "port",
+        short: Some('p'),
+        env: "NIX_BINARY_CACHE_PORT",
+        switch: false,
+        set: |g, t, s| set(&mut g.port, t, "port", s),
+    },
+    Opt {
+        long: "bind",
+        short: None,
+        env: "NIX_BINARY_CACHE_BIND",
+        switch: false,
+        set: |g, t, s| set(&mut g.bind, t, "bind address", s),
+    },
+    Opt {
+        long: "threads",
+        short: None,
+        env: "NIX_BINARY_CACHE_THREADS",
+        switch: false,
+        set: |g, t, s| set(&mut g.threads, t, "thread count", s),
+    },
+    Opt {
+        long: "max-connections",
+        short: None,
+        env: "NIX_BINARY_CACHE_MAX_CONNECTIONS",
+        switch: false,
+        set: |g, t, s| set(&mut g.max_connections, t, "connection limit", s),
+    },
+    Opt {
+        long: "priority",
+        short: None,
+        env: "NIX_BINARY_CACHE_PRIORITY",
+        switch: false,
+        set: |g, t, s| set(&mut g.priority, t, "priority", s),
+    },
+    Opt {
+        long: "rescan-interval",
+        short: None,
+        env: "NIX_BINARY_CACHE_RESCAN_INTERVAL",
+        switch: false,
+        set: |g, t, s| set(&mut g.rescan, t, "rescan interval", s),
+    },
+    Opt {
+        long: "log-level",
+        short: None,
+        env: "NIX_BINARY_CACHE_LOG_LEVEL",
+        switch: false,
+        set: |g, t, s| set(&mut g.log_level, t, "log level", s),
+    },
+    Opt {
+        long: "watch",
+        short: None,
+        env: "NIX_BINARY_CACHE_WATCH",
+        switch: false,
+        set: |g, t, s| set(&mut g.watch, t, "watch mode (inotify, poll or auto)", s),
+    },
+    Opt {
+        long: "sign-key",
+        short: None,
+        env: "NIX_BINARY_CACHE_SIGN_KEY_FILE",
+        switch: false,
+        // Repeatable; the variable is comma-separated. Flags replace the variable's list.
+        set: |g, t, s| {
+            match s {
+                Src::Env(_) => {
+                    g.sign_keys = t
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(PathBuf::from)
+                        .collect()
+                }
+                Src::Flag => g.cli_sign_keys.push(PathBuf::from(t)),
+            }
+            Ok(())
+        },
+    },
+    Opt {
+        long: "upload-token-file",
+        short: None,
+        env: "NIX_BINARY_CACHE_UPLOAD_TOKEN_FILE",
+        switch: false,
+        set: |g, t, s| set(&mut g.upload_token_file, t, "token file", s),
+    },
+    Opt {
+        long: "max-upload-size",
+        short: None,
+        env: "NIX_BINARY_CACHE_MAX_UPLOAD_SIZE",
+        switch: false,
+        set: |g, t, s| {
+            let size = parse_size(t).map_err(|e| match s {
+                Src::Env(var) => UsageError(format!("{e} in {var}")),
+                Src::Flag => UsageError(e),
+            })?;
+            g.max_upload_size = Some(size);
+            Ok(())
+        },
+    },
+    Opt {
+        long: "max-uploads",
+        short: None,
+        env: "NIX_BINARY_CACHE_MAX_UPLOADS",
+        switch: false,
+        set: |g, t, s| set(&mut g.max_uploads, t, "upload count", s),
+    },
+    Opt {
+        long: "header-timeout",
+        short: None,
+        env: "NIX_BINARY_CACHE_HEADER_TIMEOUT",
+        switch: false,
+        set: |g, t, s| set(&mut g.header_timeout, t, "timeout", s),
+    },
+    Opt {
+        long: "idle-timeout",
+        short: None,
+        env: "NIX_BINARY_CACHE_IDLE_TIMEOUT",
+        switch: false,
+        set: |g, t, s| set(&mut g.idle_timeout, t, "timeout", s),
+    },
+    Opt {
+        long: "stall-timeout",
+        short: None,
+        env: "NIX_BINARY_CACHE_STALL_TIMEOUT",
+        switch: false,
+        set: |g, t, s| set(&mut g.stall_timeout, t, "timeout", s),
+    },
+    Opt {
+        long: "metrics",
+        short: None,
+        env: "NIX_BINARY_CACHE_METRICS",
+        switch: false,
+        set: |g, t, s| set(&mut g.ops, t, "metrics setting (main, off or ADDR:PORT)", s),
+    },
+    Opt {
+        long: "access-log",
+        short: None,
+        env: "NIX_BINARY_CACHE_ACCESS_LOG",
+        switch: false,
+        set: |g, t, s| set(&mut g.access_log, t, "access log setting (on or off)", s),
+    },
+    Opt {
+        long: "allow-linked-dirs",
+        short: None,
+        env: "NIX_BINARY_CACHE_ALLOW_LINKED_DIRS",
+        switch: true,
+        set: |g, t, s| {
+            let what = "linked directories setting (on or off)";
+            set(&mut g.allow_linked_dirs, t, what, s)
+        },
+    },
+    Opt {
+        long: "trust-proxy-headers",
+        short: None,
+        env: "NIX_BINARY_CACHE_TRUST_PROXY_HEADERS",
+        switch: true,
+        set: |g, t, s| {
+            let what = "proxy headers setting (on or off)";
+            set(&mut g.trust_proxy_headers, t, what, s)
+        },
+    },
+    Opt {
+        long: "state-file",
+        short: None,
+        env: "NIX_BINARY_CACHE_STATE_FILE",
+        switch: false,
+        set: |g, t, s| set(&mut g.state_file, t, "state file", s),
+    },
+];
+
+/// Parses `text` into `slot`, or says what is wrong with it and where it was given.
+fn set<T: std::str::FromStr>(
+    slot: &mut Option<T>,
+    text: &str,
+    what: &str,
+    src: Src,
+) -> Result<(), UsageError> {
+    let value = text.parse().map_err(|_| match src {
+        Src::Flag => UsageError(format!("invalid {what}: {text:?}{}", hint(what))),
+        Src::Env(var) => UsageError(format!("invalid {what} in {var}: {text:?}{}", hint(what))),
+    })?;
+    *slot = Some(value);
+    Ok(())
+}
+
+/// The serve options as given, before defaults.
+#[derive(Default)]
+struct Given {
+    port: Option<u16>,
+    bind: Option<IpAddr>,
+    threads: Option<usize>,
+    max_connections: Option<usize>,
+    priority: Option<u32>,
+    rescan: Option<u64>,
+    log_level: Option<log::LevelFilter>,
+    watch: Option<nix_binary_cache::WatchMode>,
+    sign_keys: Vec<PathBuf>,
+    cli_sign_keys: Vec<PathBuf>,
+    upload_token_file: Option<PathBuf>,
+    max_upload_size: Option<u64>,
+    max_uploads: Option<usize>,
+    header_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    stall_timeout: Option<u64>,
+    ops: Option<OpsEndpoints>,
+    access_log: Option<Switch>,
+    allow_linked_dirs: Option<Switch>,
+    trust_proxy_headers: Option<Switch>,
+    state_file: Option<PathBuf>,
+}
+
 /// Parses arguments (without the program name), with `env` looking up variables.
 pub fn parse(
     args: impl IntoIterator<Item = OsString>,
@@ -187,109 +418,36 @@ pub fn parse(
         Some("gc") => return parse_gc(args.skip(1), &env),
         _ => {}
     }
-    let mut root: Option<PathBuf> = None;
-    let mut port = env_value(&env, "NIX_BINARY_CACHE_PORT", "port")?;
-    let mut bind = env_value(&env, "NIX_BINARY_CACHE_BIND", "bind address")?;
-    let mut threads = env_value(&env, "NIX_BINARY_CACHE_THREADS", "thread count")?;
-    let mut max_connections =
-        env_value(&env, "NIX_BINARY_CACHE_MAX_CONNECTIONS", "connection limit")?;
-    let mut priority = env_value(&env, "NIX_BINARY_CACHE_PRIORITY", "priority")?;
-    let mut rescan: Option<u64> =
-        env_value(&env, "NIX_BINARY_CACHE_RESCAN_INTERVAL", "rescan interval")?;
-    let mut log_level = env_value(&env, "NIX_BINARY_CACHE_LOG_LEVEL", "log level")?;
-    let mut watch = env_value(
-        &env,
-        "NIX_BINARY_CACHE_WATCH",
-        "watch mode (inotify, poll or auto)",
-    )?;
-    let mut sign_keys: Vec<PathBuf> = env("NIX_BINARY_CACHE_SIGN_KEY_FILE")
-        .map(|v| {
-            v.split(',')
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut cli_sign_keys = Vec::new();
-    let mut upload_token_file = env("NIX_BINARY_CACHE_UPLOAD_TOKEN_FILE").map(PathBuf::from);
-    let mut max_upload_size = match env("NIX_BINARY_CACHE_MAX_UPLOAD_SIZE") {
-        Some(text) => Some(
-            parse_size(&text)
-                .map_err(|e| UsageError(format!("{e} in NIX_BINARY_CACHE_MAX_UPLOAD_SIZE")))?,
-        ),
-        None => None,
-    };
-    let mut max_uploads = env_value(&env, "NIX_BINARY_CACHE_MAX_UPLOADS", "upload count")?;
-    let mut header_timeout: Option<u64> =
-        env_value(&env, "NIX_BINARY_CACHE_HEADER_TIMEOUT", "timeout")?;
-    let mut idle_timeout: Option<u64> =
-        env_value(&env, "NIX_BINARY_CACHE_IDLE_TIMEOUT", "timeout")?;
-    let mut stall_timeout: Option<u64> =
-        env_value(&env, "NIX_BINARY_CACHE_STALL_TIMEOUT", "timeout")?;
-    let mut ops = env_value(
-        &env,
-        "NIX_BINARY_CACHE_METRICS",
-        "metrics setting (main, off or ADDR:PORT)",
-    )?;
-    let mut access_log: Option<Switch> = env_value(
-        &env,
-        "NIX_BINARY_CACHE_ACCESS_LOG",
-        "access log setting (on or off)",
-    )?;
-    let mut allow_linked_dirs: Option<Switch> = env_value(
-        &env,
-        "NIX_BINARY_CACHE_ALLOW_LINKED_DIRS",
-        "linked directories setting (on or off)",
-    )?;
-    let mut trust_proxy_headers: Option<Switch> = env_value(
-        &env,
-        "NIX_BINARY_CACHE_TRUST_PROXY_HEADERS",
-        "proxy headers setting (on or off)",
-    )?;
-    let mut state_file = env("NIX_BINARY_CACHE_STATE_FILE")
-        .map(PathBuf::from)
-        .or_else(|| default_state_file(&env, false));
+    let mut given = Given::default();
+    for opt in SERVE_OPTIONS {
+        if let Some(text) = env(opt.env) {
+            (opt.set)(&mut given, &text, Src::Env(opt.env))?;
+        }
+    }
+    if given.state_file.is_none() {
+        given.state_file = default_state_file(&env, false);
+    }
 
+    let mut root: Option<PathBuf> = None;
     let mut parser = lexopt::Parser::from_args(args);
     let err = |e: lexopt::Error| usage(e, "--help");
     while let Some(arg) = parser.next().map_err(err)? {
+        let opt = match arg {
+            Long(name) => SERVE_OPTIONS.iter().find(|o| o.long == name),
+            Short(c) => SERVE_OPTIONS.iter().find(|o| o.short == Some(c)),
+            Value(_) => None,
+        };
+        if let Some(opt) = opt {
+            let text = if opt.switch {
+                "on".to_string()
+            } else {
+                let raw = parser.value().map_err(|e| UsageError(e.to_string()))?;
+                raw.to_string_lossy().into_owned()
+            };
+            (opt.set)(&mut given, &text, Src::Flag)?;
+            continue;
+        }
         match arg {
-            Short('p') | Long("port") => port = Some(value(&mut parser, "port")?),
-            Long("bind") => bind = Some(value(&mut parser, "bind address")?),
-            Long("threads") => threads = Some(value(&mut parser, "thread count")?),
-            Long("max-connections") => {
-                max_connections = Some(value(&mut parser, "connection limit")?)
-            }
-            Long("priority") => priority = Some(value(&mut parser, "priority")?),
-            Long("rescan-interval") => rescan = Some(value(&mut parser, "rescan interval")?),
-            Long("log-level") => log_level = Some(value(&mut parser, "log level")?),
-            Long("watch") => {
-                watch = Some(value(&mut parser, "watch mode (inotify, poll or auto)")?)
-            }
-            Long("sign-key") => cli_sign_keys.push(value::<PathBuf>(&mut parser, "key file")?),
-            Long("upload-token-file") => {
-                upload_token_file = Some(value(&mut parser, "token file")?)
-            }
-            Long("max-upload-size") => {
-                let text: String = value(&mut parser, "size")?;
-                max_upload_size = Some(parse_size(&text).map_err(UsageError)?);
-            }
-            Long("header-timeout") => header_timeout = Some(value(&mut parser, "timeout")?),
-            Long("idle-timeout") => idle_timeout = Some(value(&mut parser, "timeout")?),
-            Long("stall-timeout") => stall_timeout = Some(value(&mut parser, "timeout")?),
-            Long("max-uploads") => max_uploads = Some(value(&mut parser, "upload count")?),
-            Long("metrics") => {
-                ops = Some(value(
-                    &mut parser,
-                    "metrics setting (main, off or ADDR:PORT)",
-                )?)
-            }
-            Long("access-log") => {
-                access_log = Some(value(&mut parser, "access log setting (on or off)")?)
-            }
-            Long("state-file") => state_file = Some(value(&mut parser, "state file")?),
-            Long("allow-linked-dirs") => allow_linked_dirs = Some(Switch(true)),
-            Long("trust-proxy-headers") => trust_proxy_headers = Some(Switch(true)),
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             Value(v) if root.is_none() => root = Some(PathBuf::from(v)),
@@ -306,49 +464,56 @@ pub fn parse(
     let root = root.ok_or_else(|| {
         UsageError("missing PATH: the cache directory to serve (try --help)".into())
     })?;
-    if max_connections == Some(0) {
-        return Err(UsageError("--max-connections must be at least 1".into()));
+    given.finish(root).map(|o| Command::Serve(Box::new(o)))
+}
+
+impl Given {
+    /// Checks the values and fills in the defaults.
+    fn finish(self, root: PathBuf) -> Result<Options, UsageError> {
+        if self.max_connections == Some(0) {
+            return Err(UsageError("--max-connections must be at least 1".into()));
+        }
+        if self.threads == Some(0) {
+            return Err(UsageError("--threads must be at least 1".into()));
+        }
+        if self.max_uploads == Some(0) {
+            return Err(UsageError("--max-uploads must be at least 1".into()));
+        }
+        let sign_keys = if self.cli_sign_keys.is_empty() {
+            self.sign_keys
+        } else {
+            self.cli_sign_keys
+        };
+        let d = nix_binary_cache::server::Timeouts::default();
+        let secs = |v: Option<u64>, default: Duration| {
+            v.map_or(default, |s| Duration::from_secs(s.max(1)))
+        };
+        Ok(Options {
+            root,
+            port: self.port.unwrap_or(8080),
+            bind: self.bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+            threads: self.threads,
+            max_connections: self.max_connections,
+            priority: self.priority,
+            rescan_interval: self.rescan.map(Duration::from_secs),
+            watch: self.watch.unwrap_or_default(),
+            log_level: self.log_level.unwrap_or(log::LevelFilter::Info),
+            sign_keys,
+            upload_token_file: self.upload_token_file,
+            max_upload_size: self.max_upload_size,
+            max_uploads: self.max_uploads,
+            ops: self.ops.unwrap_or(OpsEndpoints::Main),
+            access_log: self.access_log.is_none_or(|s| s.0),
+            timeouts: nix_binary_cache::server::Timeouts {
+                header: secs(self.header_timeout, d.header),
+                idle: secs(self.idle_timeout, d.idle),
+                stall: secs(self.stall_timeout, d.stall),
+            },
+            state_file: self.state_file,
+            allow_linked_dirs: self.allow_linked_dirs.is_some_and(|s| s.0),
+            trust_proxy_headers: self.trust_proxy_headers.is_some_and(|s| s.0),
+        })
     }
-    if threads == Some(0) {
-        return Err(UsageError("--threads must be at least 1".into()));
-    }
-    if max_uploads == Some(0) {
-        return Err(UsageError("--max-uploads must be at least 1".into()));
-    }
-    if !cli_sign_keys.is_empty() {
-        sign_keys = cli_sign_keys;
-    }
-    Ok(Command::Serve(Box::new(Options {
-        root,
-        port: port.unwrap_or(8080),
-        bind: bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
-        threads,
-        max_connections,
-        priority,
-        rescan_interval: rescan.map(Duration::from_secs),
-        watch: watch.unwrap_or_default(),
-        log_level: log_level.unwrap_or(log::LevelFilter::Info),
-        sign_keys,
-        upload_token_file,
-        max_upload_size,
-        max_uploads,
-        ops: ops.unwrap_or(OpsEndpoints::Main),
-        access_log: access_log.is_none_or(|s| s.0),
-        timeouts: {
-            let d = nix_binary_cache::server::Timeouts::default();
-            let secs = |v: Option<u64>, default: Duration| {
-                v.map_or(default, |s| Duration::from_secs(s.max(1)))
-            };
-            nix_binary_cache::server::Timeouts {
-                header: secs(header_timeout, d.header),
-                idle: secs(idle_timeout, d.idle),
-                stall: secs(stall_timeout, d.stall),
-            }
-        },
-        state_file,
-        allow_linked_dirs: allow_linked_dirs.is_some_and(|s| s.0),
-        trust_proxy_headers: trust_proxy_headers.is_some_and(|s| s.0),
-    })))
 }
 
 /// `on` / `off` (also `true`/`false`, `1`/`0`).
@@ -533,26 +698,25 @@ fn hint(what: &str) -> &'static str {
     }
 }
 
-fn env_value<T: std::str::FromStr>(
-    env: &impl Fn(&str) -> Option<String>,
-    var: &str,
-    what: &str,
-) -> Result<Option<T>, UsageError> {
-    match env(var) {
-        None => Ok(None),
-        Some(text) => text
-            .parse()
-            .map(Some)
-            .map_err(|_| UsageError(format!("invalid {what} in {var}: {text:?}{}", hint(what)))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn run(args: &[&str]) -> Result<Command, UsageError> {
         parse(args.iter().map(OsString::from), |_| None)
+    }
+
+    #[test]
+    fn the_help_names_every_flag_and_variable_of_the_table() {
+        for opt in SERVE_OPTIONS {
+            assert!(HELP.contains(&format!("--{} ", opt.long)), "--{}", opt.long);
+            assert!(HELP.contains(opt.env), "{}", opt.env);
+            if let Some(c) = opt.short {
+                assert!(HELP.contains(&format!("-{c}, --{}", opt.long)), "-{c}");
+            }
+        }
+        let longs: std::collections::HashSet<_> = SERVE_OPTIONS.iter().map(|o| o.long).collect();
+        assert_eq!(longs.len(), SERVE_OPTIONS.len(), "a flag is listed twice");
     }
 
     #[test]
