@@ -7,7 +7,8 @@ mod cli;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use nix_binary_cache::nix::signing::SigningKey;
+use cli::Error;
+use nix_binary_cache::nix::signing::{KeyError, SigningKey};
 use nix_binary_cache::os::{SIGHUP, StopSignals};
 use nix_binary_cache::server::{self, PoolConfig};
 use nix_binary_cache::{Cache, Config, Mount, Tokens, UploadConfig};
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
         }
         Ok(cli::Command::Serve(options)) => match serve(*options) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(message) => fail(&message),
+            Err(e) => fail(e),
         },
         Ok(cli::Command::SubHelp(text)) => {
             print!("{text}");
@@ -43,7 +44,7 @@ fn main() -> ExitCode {
             dry_run,
             state_files,
         }) => run_gc(&root, older_than_days, max_size, dry_run, &state_files),
-        Err(e) => fail(&e.0),
+        Err(e) => fail(e.into()),
     }
 }
 
@@ -88,7 +89,11 @@ fn run_verify(root: &std::path::Path, quick: bool, allow_linked_dirs: bool) -> E
                 ExitCode::from(1)
             }
         }
-        Err(e) => fail(&format!("verify {}: {e}", root.display())),
+        Err(error) => fail(Error::Command {
+            command: "verify",
+            root: root.to_path_buf(),
+            error,
+        }),
     }
 }
 
@@ -105,13 +110,20 @@ fn run_gc(
         older_than: days.map(|d| std::time::Duration::from_secs_f64(d * 86400.0)),
         max_size,
     };
+    let failed = |error| {
+        fail(Error::Command {
+            command: "gc",
+            root: root.to_path_buf(),
+            error,
+        })
+    };
     let served = match served_times(state_files) {
         Ok(served) => served,
-        Err(e) => return fail(&format!("gc {}: {e}", root.display())),
+        Err(e) => return failed(e),
     };
     let plan = match gc::plan_with(root, &policy, std::time::SystemTime::now(), served.as_ref()) {
         Ok(plan) => plan,
-        Err(e) => return fail(&format!("gc {}: {e}", root.display())),
+        Err(e) => return failed(e),
     };
     match plan.recency {
         gc::Recency::Served { known } => println!(
@@ -159,7 +171,7 @@ fn run_gc(
             );
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&format!("gc {}: {e}", root.display())),
+        Err(e) => failed(e),
     }
 }
 
@@ -177,12 +189,12 @@ fn served_times(
 }
 
 /// One line on stderr and exit status 2: what went wrong and, where possible, what to do.
-fn fail(message: &str) -> ExitCode {
-    eprintln!("nix-binary-cache: error: {message}");
-    ExitCode::from(2)
+fn fail(error: Error) -> ExitCode {
+    eprintln!("nix-binary-cache: error: {error}");
+    error.exit_code()
 }
 
-fn serve(options: cli::Options) -> Result<(), String> {
+fn serve(options: cli::Options) -> Result<(), Error> {
     init_logging(options.log_level, options.access_log);
     // Block SIGINT/SIGTERM/SIGHUP before any thread starts, so every thread inherits the mask
     // and only `signals.wait()` below receives them.
@@ -201,7 +213,7 @@ fn serve(options: cli::Options) -> Result<(), String> {
     config.served_times_file = options.state_file.clone();
     config.allow_linked_dirs = options.allow_linked_dirs;
     config.trust_proxy_headers = options.trust_proxy_headers;
-    let cache = Cache::open(config).map_err(|e| e.to_string())?;
+    let cache = Cache::open(config)?;
 
     let mut pool = PoolConfig::default();
     if let Some(n) = options.threads {
@@ -216,10 +228,8 @@ fn serve(options: cli::Options) -> Result<(), String> {
         pool.max_connections = n;
     }
     if let cli::OpsEndpoints::Separate(addr) = options.ops {
-        let listener =
-            server::bind(addr).map_err(|e| format!("cannot listen for /metrics on {addr}: {e}"))?;
-        server::start_ops_listener(listener, cache.clone(), options.timeouts)
-            .map_err(|e| e.to_string())?;
+        let listener = server::bind(addr).map_err(|error| Error::MetricsListen { addr, error })?;
+        server::start_ops_listener(listener, cache.clone(), options.timeouts)?;
         log::info!("/metrics and /health on http://{addr}");
     }
     let reloadable = cache.clone();
@@ -227,7 +237,7 @@ fn serve(options: cli::Options) -> Result<(), String> {
     let mut running = Vec::new();
     for listener in listeners.sockets {
         let server = server::start(listener, mount.clone(), pool.clone());
-        let server = server.map_err(|e| e.to_string())?;
+        let server = server?;
         log::info!(
             "serving {} on http://{} with {threads} workers",
             options.root.display(),
@@ -305,8 +315,8 @@ struct Listeners {
     from_systemd: bool,
 }
 
-fn listeners(options: &cli::Options) -> Result<Listeners, String> {
-    let passed = nix_binary_cache::os::systemd::listen_fds().map_err(|e| e.to_string())?;
+fn listeners(options: &cli::Options) -> Result<Listeners, Error> {
+    let passed = nix_binary_cache::os::systemd::listen_fds()?;
     if !passed.is_empty() {
         return Ok(Listeners {
             sockets: passed,
@@ -314,13 +324,7 @@ fn listeners(options: &cli::Options) -> Result<Listeners, String> {
         });
     }
     let addr = SocketAddr::new(options.bind, options.port);
-    let socket = server::bind(addr).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => format!(
-            "port {} is already in use on {}",
-            options.port, options.bind
-        ),
-        _ => format!("cannot listen on {addr}: {e}"),
-    })?;
+    let socket = server::bind(addr).map_err(|error| Error::Listen { addr, error })?;
     Ok(Listeners {
         sockets: vec![socket],
         from_systemd: false,
@@ -329,10 +333,10 @@ fn listeners(options: &cli::Options) -> Result<Listeners, String> {
 
 /// Reads every secret key; any problem stops the start (a key silently ignored would leave
 /// clients rejecting the cache).
-fn load_keys(files: &[std::path::PathBuf]) -> Result<Vec<SigningKey>, String> {
+fn load_keys(files: &[std::path::PathBuf]) -> Result<Vec<SigningKey>, KeyError> {
     let mut keys = Vec::new();
     for file in files {
-        let key = SigningKey::from_file(file).map_err(|e| e.to_string())?;
+        let key = SigningKey::from_file(file)?;
         log::info!(
             "signing narinfos with {}; clients need: trusted-public-keys = {}",
             file.display(),
@@ -343,11 +347,11 @@ fn load_keys(files: &[std::path::PathBuf]) -> Result<Vec<SigningKey>, String> {
     Ok(keys)
 }
 
-fn upload_config(options: &cli::Options) -> Result<Option<UploadConfig>, String> {
+fn upload_config(options: &cli::Options) -> Result<Option<UploadConfig>, Error> {
     let Some(file) = &options.upload_token_file else {
         return Ok(None);
     };
-    let mut config = UploadConfig::new(Tokens::from_file(file).map_err(|e| e.to_string())?);
+    let mut config = UploadConfig::new(Tokens::from_file(file)?);
     if let Some(max) = options.max_upload_size {
         config.max_body = max;
     }

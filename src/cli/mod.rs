@@ -3,10 +3,14 @@
 //! Every option also has an environment variable, so that a systemd unit needs no long command
 //! line; a flag on the command line wins over its variable.
 
+mod error;
+
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use error::Error;
 
 /// Parsed options for `serve` (the default command).
 #[derive(Debug, Clone, PartialEq)]

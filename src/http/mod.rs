@@ -9,6 +9,7 @@
 pub(crate) mod auth;
 pub(crate) mod cache;
 pub(crate) mod conditional;
+pub(crate) mod error;
 pub(crate) mod landing;
 pub(crate) mod metrics;
 pub(crate) mod mount;

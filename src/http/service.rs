@@ -11,6 +11,7 @@ use std::time::{Instant, UNIX_EPOCH};
 
 use crate::http::Cache;
 use crate::http::conditional::conditional;
+use crate::http::error::Refusal;
 use crate::http::landing;
 use crate::http::metrics::Kind;
 use crate::http::request::{Method, Request};
@@ -209,7 +210,7 @@ impl Cache {
     fn answer(&self, request: &Request<'_>, target: Target<'_>) -> Response {
         let result = match target {
             Target::Landing => return self.landing(request),
-            Target::BadPath => return bad_path(),
+            Target::BadPath => return Refusal::BadPath.response(),
             Target::NotFound => Ok(not_found()),
             Target::Route(Route::CacheInfo) => Ok(self.cache_info()),
             Target::Route(Route::NarInfo(hash)) => self.narinfo(hash),
@@ -219,11 +220,7 @@ impl Cache {
             Ok(response) => conditional(response, &request.headers),
             Err(e) => {
                 log::error!("{}: {e}", request.path);
-                Response::text(
-                    500,
-                    "the server could not read this file; the operator's log says why",
-                )
-                .header("Cache-Control", max_age::NONE)
+                Refusal::Unreadable.response()
             }
         }
     }
@@ -247,14 +244,8 @@ impl Cache {
     }
 
     fn method_not_allowed(&self) -> Response {
-        let allow = if self.accepts_uploads() {
-            "GET, HEAD, PUT"
-        } else {
-            "GET, HEAD"
-        };
-        Response::text(405, &format!("allowed methods: {allow}"))
-            .header("Allow", allow)
-            .header("Cache-Control", max_age::NONE)
+        let uploads = self.accepts_uploads();
+        Refusal::MethodNotAllowed { uploads }.response()
     }
 
     /// Checks who sent a PUT and how its body is encoded, before any of it is read.
@@ -263,28 +254,12 @@ impl Cache {
             return Answer::Ready(self.method_not_allowed());
         };
         let Some(who) = config.tokens.who(request.headers.authorization) else {
-            return Answer::Ready(
-                Response::text(
-                    401,
-                    "uploads need a valid token (HTTP Basic password or Bearer)",
-                )
-                .header("WWW-Authenticate", "Basic realm=\"nix-binary-cache\"")
-                .header("Cache-Control", max_age::NONE),
-            );
+            return Answer::Ready(Refusal::Unauthorized.response());
         };
         let encoding = match Encoding::parse(request.headers.content_encoding) {
             Ok(encoding) => encoding,
             Err(name) => {
-                return Answer::Ready(
-                    Response::text(
-                        415,
-                        &format!(
-                            "Content-Encoding {name} is not decoded here; use br, xz, zstd, \
-                             gzip, bzip2 or none"
-                        ),
-                    )
-                    .header("Cache-Control", max_age::NONE),
-                );
+                return Answer::Ready(Refusal::UnsupportedEncoding(name).response());
             }
         };
         Answer::Upload(Upload {
@@ -315,9 +290,7 @@ impl Cache {
                 config.max_wait.as_secs(),
                 config.max_concurrent
             );
-            return Response::text(503, "every upload place stayed busy; retry shortly")
-                .header("Retry-After", "1")
-                .header("Cache-Control", max_age::NONE);
+            return Refusal::Busy.response();
         };
         if !slot.waited.is_zero() {
             log::debug!(
@@ -345,7 +318,7 @@ impl Cache {
             }
             Err(e) => {
                 log::warn!("upload of {path} for token {who} refused: {}", e.message());
-                Response::text(e.status(), &e.message()).header("Cache-Control", max_age::NONE)
+                Refusal::Upload(e).response()
             }
         }
     }
@@ -387,9 +360,7 @@ impl Cache {
             Ok(Some(found)) => found,
             // Only a pusher (HEAD before PUT) or a client of a damaged cache asks for a NAR
             // that is not here; a proxy keeping that answer would hide the NAR once pushed.
-            Ok(None) if kind == FileKind::Nar => {
-                return Ok(not_found().header("Cache-Control", max_age::NONE));
-            }
+            Ok(None) if kind == FileKind::Nar => return Ok(Refusal::NarNotFound.response()),
             Ok(None) => return Ok(not_found()),
             Err(e) if is_denied(&e) => return Ok(denied(rel, &e)),
             Err(e) => return Err(e),
@@ -419,18 +390,9 @@ impl Cache {
     }
 }
 
-/// A path no Nix client sends: characters outside Nix's, a second layer of escapes, `..`.
-fn bad_path() -> Response {
-    Response::text(
-        400,
-        "malformed path: only the characters Nix uses in cache paths are allowed",
-    )
-    .header("Cache-Control", max_age::NONE)
-}
-
 /// 404, which a proxy may keep a few seconds.
 pub(crate) fn not_found() -> Response {
-    Response::text(404, "not in this cache").header("Cache-Control", max_age::MISS)
+    Refusal::NotFound.response()
 }
 
 fn is_denied(e: &io::Error) -> bool {
