@@ -116,7 +116,7 @@ pub(crate) struct Exchange {
 }
 
 /// An admitted upload with its request, waiting for [`PendingUpload::run`] on a thread chosen by
-/// the caller of [`Cache::serve`].
+/// the caller of `Mount::serve`.
 pub(crate) struct PendingUpload {
     cache: Cache,
     request: tiny_http::Request,
