@@ -222,14 +222,14 @@ fn serve(options: cli::Options) -> Result<(), Error> {
     let threads = pool.threads;
     // The socket is systemd's too: shutting it down would break it for the next start.
     pool.shutdown_listener = !from_systemd;
-    pool.ops_endpoints = options.ops == cli::OpsEndpoints::Main;
+    pool.status_endpoints = options.status == cli::StatusEndpoints::Main;
     pool.timeouts = options.timeouts;
     if let Some(n) = options.max_connections {
         pool.max_connections = n;
     }
-    if let cli::OpsEndpoints::Separate(addr) = options.ops {
+    if let cli::StatusEndpoints::Separate(addr) = options.status {
         let listener = server::bind(addr).map_err(|error| Error::MetricsListen { addr, error })?;
-        server::start_ops_listener(listener, cache.clone(), options.timeouts)?;
+        server::start_status_listener(listener, cache.clone(), options.timeouts)?;
         log::info!("/metrics and /health on http://{addr}");
     }
     let reloadable = cache.clone();

@@ -33,7 +33,7 @@ pub struct Options {
     pub max_upload_size: Option<u64>,
     pub max_uploads: Option<usize>,
     /// Where `/metrics` and `/health` are answered.
-    pub ops: OpsEndpoints,
+    pub status: StatusEndpoints,
     pub access_log: bool,
     pub timeouts: nix_binary_cache::server::Timeouts,
     /// Where to save when each narinfo was last served (for `gc`).
@@ -44,9 +44,9 @@ pub struct Options {
     pub trust_proxy_headers: bool,
 }
 
-/// Where the operator endpoints live.
+/// Where the status endpoints (`/metrics`, `/health`) live (`--metrics`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OpsEndpoints {
+pub enum StatusEndpoints {
     /// On the main port, next to the cache.
     Main,
     /// On their own address only (e.g. `127.0.0.1:9090`).
@@ -54,13 +54,13 @@ pub enum OpsEndpoints {
     Off,
 }
 
-impl std::str::FromStr for OpsEndpoints {
+impl std::str::FromStr for StatusEndpoints {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
         match s {
-            "main" | "on" => Ok(OpsEndpoints::Main),
-            "off" => Ok(OpsEndpoints::Off),
-            addr => addr.parse().map(OpsEndpoints::Separate).map_err(|_| ()),
+            "main" | "on" => Ok(StatusEndpoints::Main),
+            "off" => Ok(StatusEndpoints::Off),
+            addr => addr.parse().map(StatusEndpoints::Separate).map_err(|_| ()),
         }
     }
 }
@@ -330,7 +330,14 @@ const SERVE_OPTIONS: &[Opt] = &[
         short: None,
         env: "NIX_BINARY_CACHE_METRICS",
         switch: false,
-        set: |g, t, s| set(&mut g.ops, t, "metrics setting (main, off or ADDR:PORT)", s),
+        set: |g, t, s| {
+            set(
+                &mut g.status,
+                t,
+                "metrics setting (main, off or ADDR:PORT)",
+                s,
+            )
+        },
     },
     Opt {
         long: "access-log",
@@ -402,7 +409,7 @@ struct Given {
     header_timeout: Option<u64>,
     idle_timeout: Option<u64>,
     stall_timeout: Option<u64>,
-    ops: Option<OpsEndpoints>,
+    status: Option<StatusEndpoints>,
     access_log: Option<Switch>,
     allow_linked_dirs: Option<Switch>,
     trust_proxy_headers: Option<Switch>,
@@ -506,7 +513,7 @@ impl Given {
             upload_token_file: self.upload_token_file,
             max_upload_size: self.max_upload_size,
             max_uploads: self.max_uploads,
-            ops: self.ops.unwrap_or(OpsEndpoints::Main),
+            status: self.status.unwrap_or(StatusEndpoints::Main),
             access_log: self.access_log.is_none_or(|s| s.0),
             timeouts: nix_binary_cache::server::Timeouts {
                 header: secs(self.header_timeout, d.header),
@@ -734,7 +741,7 @@ mod tests {
         assert_eq!(o.watch, nix_binary_cache::WatchMode::Auto);
         assert_eq!(o.log_level, log::LevelFilter::Info);
         assert_eq!(o.threads, None);
-        assert_eq!(o.ops, OpsEndpoints::Main);
+        assert_eq!(o.status, StatusEndpoints::Main);
         assert!(o.access_log);
     }
 
@@ -804,14 +811,14 @@ mod tests {
         let cmd = run(&["--metrics", "127.0.0.1:9090", "--access-log", "off", "/c"]).unwrap();
         let Command::Serve(o) = cmd else { panic!() };
         assert_eq!(
-            o.ops,
-            OpsEndpoints::Separate("127.0.0.1:9090".parse().unwrap())
+            o.status,
+            StatusEndpoints::Separate("127.0.0.1:9090".parse().unwrap())
         );
         assert!(!o.access_log);
         let Command::Serve(o) = run(&["--metrics", "off", "/c"]).unwrap() else {
             panic!()
         };
-        assert_eq!(o.ops, OpsEndpoints::Off);
+        assert_eq!(o.status, StatusEndpoints::Off);
         assert_eq!(parse_size("100"), Ok(100));
         assert!(
             parse_size("12X").is_err()

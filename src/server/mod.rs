@@ -52,7 +52,7 @@ pub struct PoolConfig {
     /// How long a stop waits for in-flight responses.
     pub grace: Duration,
     /// Answer `/metrics` and `/health` on this listener (before the mount's routes).
-    pub ops_endpoints: bool,
+    pub status_endpoints: bool,
     /// Shut the listening socket down on stop; off for sockets systemd passed us.
     pub shutdown_listener: bool,
     pub timeouts: Timeouts,
@@ -66,7 +66,7 @@ impl Default for PoolConfig {
         PoolConfig {
             threads: (cores * 2).max(4),
             grace: Duration::from_secs(10),
-            ops_endpoints: true,
+            status_endpoints: true,
             shutdown_listener: true,
             timeouts: Timeouts::default(),
             max_connections: tiny_http::Limits::default().max_connections,
@@ -138,7 +138,7 @@ pub fn start(listener: TcpListener, mount: Mount, pool: PoolConfig) -> io::Resul
                 server: server.clone(),
                 mount: mount.clone(),
                 stopping: stopping.clone(),
-                status_endpoints: pool.ops_endpoints,
+                status_endpoints: pool.status_endpoints,
             };
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
@@ -253,7 +253,7 @@ fn run_upload(pending: PendingUpload) {
 
 /// Serves only `/metrics` and `/health` on a listener of their own (e.g. a private address),
 /// on one thread of the same engine; returns once the thread is started.
-pub fn start_ops_listener(
+pub fn start_status_listener(
     listener: TcpListener,
     cache: Cache,
     timeouts: Timeouts,
