@@ -1,6 +1,6 @@
 """Nix's formats for the Python scripts: nix32, sha256 names, single-file NARs, narinfo text.
 
-The one Python copy of what src/nix32.rs and src/narinfo.rs do in the server, shared by
+The one Python copy of what the server's Rust modules nix32 and narinfo do, shared by
 scripts/bench/gen_cache.py (synthetic caches) and scripts/soak/loadgen.py (uploads and
 download checks). Standard library only; tested by scripts/lib/test_nixfmt.py against values
 printed by Nix itself and the narinfos of tests/fixtures.
@@ -35,7 +35,7 @@ def decode(text: str) -> bytes:
     """The bytes nix32 `text` stands for (20 for a store hash, 32 for a sha256).
 
     Raises ValueError for a character outside the alphabet, or for digits whose top bits do
-    not fit in the byte count (like src/nix32.rs, which rejects them too)."""
+    not fit in the byte count (the Rust nix32 module rejects them too)."""
     size = len(text) * 5 // 8
     if (size * 8 + 4) // 5 != len(text):
         raise ValueError(f"{len(text)} nix32 digits are no whole number of bytes")

@@ -1,8 +1,8 @@
-"""Unit tests of scripts/lib/nixfmt.py (run by `make test`: python3 -m unittest discover scripts).
+"""Unit tests of scripts/lib/nixfmt.py (in `make test`, through `make script-tests`).
 
-Known values come from Nix itself: src/nix32.rs's sha256("") and `nix-hash` / `nix-store --dump`
-output quoted below, and the narinfos and NAR files of tests/fixtures (written by the real
-`nix copy`, see scripts/make-fixture.sh).
+Known values come from Nix itself: the sha256("") of the Rust nix32 module's test, output of
+`nix-hash` and `nix-store --dump` quoted below, and the narinfos and NAR files of tests/fixtures
+(written by the real `nix copy`, see scripts/make-fixture.sh).
 """
 
 import hashlib
@@ -30,7 +30,7 @@ def read_manifest():
 
 class Nix32(unittest.TestCase):
     def test_sha256_of_nothing_as_nix_prints_it(self):
-        # src/nix32.rs known_value_matches_nix: `nix hash to-base32 sha256-47DEQpj8...`
+        # the Rust nix32 test known_value_matches_nix: `nix hash to-base32 sha256-47DEQpj8...`
         self.assertEqual(nixfmt.sha256_nix32(b""),
                          "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73")
 
@@ -61,7 +61,7 @@ class Nix32(unittest.TestCase):
             self.assertEqual(len(raw), 20)
             self.assertEqual(nixfmt.encode(raw), h)
 
-    def test_rejects_what_src_nix32_rs_rejects(self):
+    def test_rejects_what_the_rust_nix32_rejects(self):
         self.assertTrue(nixfmt.is_store_hash("0123456789abcdfghijklmnpqrsvwxyz"))
         self.assertFalse(nixfmt.is_store_hash("0123456789abcdefghijklmnpqrsvwxy"))  # has an e
         self.assertFalse(nixfmt.is_store_hash("short"))
