@@ -1,12 +1,10 @@
 //! Uploads and signing at the HTTP level: authentication, validation, limits, crashes.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 const TOKEN: &str = "test-token-1";
 
@@ -477,7 +475,7 @@ fn killed_mid_upload(path: &str, body: &[u8], prepare: impl Fn(&std::path::Path)
         &["--upload-token-file", tokens.to_str().unwrap()],
     );
     assert!(
-        restarted.log().contains("removed stale upload temporary"),
+        restarted.wait_for_log("removed stale upload temporary", Duration::from_secs(5)),
         "{}",
         restarted.log()
     );
@@ -495,9 +493,10 @@ fn signing_adds_one_signature_per_key() {
         &["--sign-key", key.to_str().unwrap()],
     );
     assert!(
-        server
-            .log()
-            .contains(&format!("trusted-public-keys = {}", m["PUBLIC_KEY"])),
+        server.wait_for_log(
+            &format!("trusted-public-keys = {}", m["PUBLIC_KEY"]),
+            Duration::from_secs(5)
+        ),
         "{}",
         server.log()
     );

@@ -6,14 +6,12 @@
 //! Time bounds are generous (a loaded 2-core machine) but each one is far below what the old
 //! layer took. The tests with thousands of connections take turns.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 const TOKEN: &str = "hostile-token";
 

@@ -3,14 +3,12 @@
 //! within 100 ms, from memory, under `--watch inotify`; `--watch poll` looks at the disk.
 //! The inotify queue overflow is tested in `src/watch.rs` (an injected overflow event).
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 /// The longest a change on disk may take to reach the answers.
 const WITHIN: Duration = Duration::from_millis(100);

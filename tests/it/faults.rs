@@ -1,11 +1,9 @@
 //! Faults under a running server: a full disk during uploads, the cache directory replaced or
 //! removed, files damaged after they were indexed or while they are being sent.
 //!
-//! (A server killed mid-upload and restarted is `tests/upload.rs`,
+//! (A server killed mid-upload and restarted is `tests/it/upload.rs`,
 //! `killed_mid_upload_then_restarted_cleans_temporaries`; a narinfo removed or rewritten after
-//! indexing is `tests/http.rs`, `index_follows_the_disk_without_waiting_for_a_rescan`.)
-
-mod common;
+//! indexing is `tests/it/http.rs`, `index_follows_the_disk_without_waiting_for_a_rescan`.)
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -13,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 const TOKEN: &str = "test-token-1";
 
