@@ -748,29 +748,11 @@ fn uploads_are_world_readable_under_the_units_umask() {
     assert_eq!(mode("log"), 0o755);
 }
 
-/// The real Nix client (Debian's nix-bin), with its own configuration and caches.
-fn nix(home: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::fs::create_dir_all(home.join("conf")).unwrap();
-    std::fs::write(
-        home.join("conf/nix.conf"),
-        "experimental-features = nix-command\nsubstituters =\n\
-         narinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\n",
-    )
-    .unwrap();
-    std::process::Command::new("nix")
-        .args(args)
-        .env("NIX_CONF_DIR", home.join("conf"))
-        .env("XDG_CACHE_HOME", home.join("cache"))
-        .env("HOME", home)
-        .output()
-        .expect("the real Nix client is required: apt-get install nix-bin (make test does)")
-}
-
 #[test]
 fn nix_store_sign_over_http_adds_a_signature() {
     let (dir, secrets, server) = upload_server("cache-xz", &["--rescan-interval", "3600"]);
     let (unsigned, path) = top_narinfo(dir.path());
-    let home = TempDir::new("nix-sign");
+    let nix = Nix::new(Client::V2_8);
     let netrc = secrets.path().join("netrc");
     std::fs::write(
         &netrc,
@@ -778,20 +760,17 @@ fn nix_store_sign_over_http_adds_a_signature() {
     )
     .unwrap();
     let key = fixtures().join("keys/test-key.sec");
-    let out = nix(
-        home.path(),
-        &[
-            "store",
-            "sign",
-            "--netrc-file",
-            netrc.to_str().unwrap(),
-            "--store",
-            &server.url(),
-            "--key-file",
-            key.to_str().unwrap(),
-            &manifest()["TOP"],
-        ],
-    );
+    let out = nix.run(&[
+        "store",
+        "sign",
+        "--netrc-file",
+        netrc.to_str().unwrap(),
+        "--store",
+        &server.url(),
+        "--key-file",
+        key.to_str().unwrap(),
+        &manifest()["TOP"],
+    ]);
     assert!(
         out.status.success(),
         "nix store sign: {}",
@@ -803,19 +782,16 @@ fn nix_store_sign_over_http_adds_a_signature() {
     assert_eq!(server.get(&path).text(), signed);
     assert_eq!(top_narinfo(dir.path()).0, signed);
     // Nix now trusts the path with the key.
-    let out = nix(
-        home.path(),
-        &[
-            "store",
-            "verify",
-            "--no-contents",
-            "--store",
-            &server.url(),
-            "--trusted-public-keys",
-            &manifest()["PUBLIC_KEY"],
-            &manifest()["TOP"],
-        ],
-    );
+    let out = nix.run(&[
+        "store",
+        "verify",
+        "--no-contents",
+        "--store",
+        &server.url(),
+        "--trusted-public-keys",
+        &manifest()["PUBLIC_KEY"],
+        &manifest()["TOP"],
+    ]);
     assert!(
         out.status.success(),
         "nix store verify: {}",
