@@ -531,7 +531,13 @@ fn running_out_of_descriptors_does_not_stop_accepting() {
     let mut open: Vec<TcpStream> = (0..40)
         .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // All 40 accepted (the metrics request is the 41st connection).
+    assert!(
+        eventually(Duration::from_secs(10), || server
+            .metric("nbc_connections_open")
+            >= 41.0),
+        "the 40 connections were not all accepted"
+    );
     let fds = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
         .unwrap()
         .count();
@@ -541,10 +547,13 @@ fn running_out_of_descriptors_does_not_stop_accepting() {
     );
     // Now past the limit: accept(2) fails with EMFILE while these are open.
     open.extend((0..60).filter_map(|_| TcpStream::connect(("127.0.0.1", server.port)).ok()));
-    std::thread::sleep(Duration::from_millis(500));
-    let fds = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
-        .unwrap()
-        .count();
+    let fds_in_use = || {
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .unwrap()
+            .count()
+    };
+    eventually(Duration::from_secs(10), || fds_in_use() >= 60);
+    let fds = fds_in_use();
     assert!(
         fds >= 60,
         "only {fds} descriptors in use: the limit was not reached"

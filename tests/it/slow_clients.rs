@@ -2,8 +2,8 @@
 //! a hundred clients that read a large NAR at about 1 KB/s must not delay a fresh client's
 //! narinfo request, and the timeouts must close what they hold.
 //!
-//! The two tests take turns (they would load the same two cores) and need ~1,100 descriptors,
-//! so the test raises its own open-file limit. Figures are printed to stderr
+//! These tests run alone (`support::turns`: they would load the same two cores) and need ~1,100
+//! descriptors, so the test raises its own open-file limit. Figures are printed to stderr
 //! (`cargo test --test it slow_clients:: -- --nocapture` shows them).
 
 use std::io::{ErrorKind, Read, Write};

@@ -157,7 +157,10 @@ fn limits_size_and_concurrency() {
     let mut slow = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     write!(slow, "PUT {slow_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n", bearer(), small.len()).unwrap();
     slow.write_all(&small[..100]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        eventually(Duration::from_secs(10), || upload_in_progress(dir.path())),
+        "the first upload never took the place"
+    );
     // A second upload waits for the place instead of getting 503 (Lix never retries a PUT).
     let other = vec![2u8; 32 << 10];
     let other_path = format!("/nar/{}.nar", nix32_sha256(&other));
@@ -417,7 +420,10 @@ fn client_gone_mid_upload_leaves_nothing_visible() {
         )
         .unwrap();
         s.write_all(&body[..300_000]).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        // Dropped once the server is writing it.
+        assert!(eventually(Duration::from_secs(10), || upload_in_progress(
+            dir.path()
+        )));
     } // Dropped: the connection closes half-way.
     assert!(
         server.wait_for_log("upload of", Duration::from_secs(5)),
@@ -456,7 +462,7 @@ fn killed_mid_upload(path: &str, body: &[u8], prepare: impl Fn(&std::path::Path)
     )
     .unwrap();
     s.write_all(&body[..500_000]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    eventually(Duration::from_secs(10), || upload_in_progress(dir.path()));
     server.child.kill().unwrap(); // SIGKILL: no cleanup of its own.
     server.child.wait().unwrap();
     let during = listing(dir.path());
@@ -630,7 +636,7 @@ fn named_tokens_are_logged_and_counted_and_sighup_reloads_them() {
 
     // SIGHUP: the new file replaces the old tokens; the server keeps running.
     std::fs::write(&tokens, "deploy:secret-of-deploy\n").unwrap();
-    server.signal("HUP");
+    server.reload();
     assert!(
         server.wait_for_log("1 upload tokens loaded", Duration::from_secs(10)),
         "{}",
@@ -649,7 +655,7 @@ fn named_tokens_are_logged_and_counted_and_sighup_reloads_them() {
 
     // A broken file keeps the previous set, and the log says why.
     std::fs::write(&tokens, "# emptied by mistake\n").unwrap();
-    server.signal("HUP");
+    server.reload();
     assert!(
         server.wait_for_log(
             "keeping the previous upload tokens",
@@ -683,7 +689,7 @@ fn sighup_reloads_the_signing_keys() {
     assert!(server.get(&path).text().contains("Sig: test-cache-1:"));
     // A broken key file: the old key stays.
     std::fs::write(&key, "not a key\n").unwrap();
-    server.signal("HUP");
+    server.reload();
     assert!(
         server.wait_for_log("keeping the previous signing keys", Duration::from_secs(10)),
         "{}",
@@ -702,7 +708,7 @@ fn sighup_reloads_the_signing_keys() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    server.signal("HUP");
+    server.reload();
     assert!(
         server.wait_for_log("signing keys reloaded", Duration::from_secs(10)),
         "{}",
@@ -829,7 +835,10 @@ fn an_upload_waits_for_a_place_longer_than_the_stall_timeout() {
     let mut slow = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     write!(slow, "PUT {holder_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n", bearer(), holder.len()).unwrap();
     slow.write_all(&holder[..1000]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        eventually(Duration::from_secs(10), || upload_in_progress(dir.path())),
+        "the holder never took the place"
+    );
 
     let queued_body = vec![6u8; 32 << 10];
     let queued_path = format!("/nar/{}.nar", nix32_sha256(&queued_body));

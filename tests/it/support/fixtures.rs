@@ -83,6 +83,14 @@ pub fn listing(dir: &Path) -> Vec<(String, u64)> {
     out
 }
 
+/// True while an upload is being written below `dir`: its temporary (`.nbc-upload.*`, see
+/// src/atomic.rs) exists from the moment the upload holds one of the places until it ends.
+pub fn upload_in_progress(dir: &Path) -> bool {
+    listing(dir)
+        .iter()
+        .any(|(name, _)| name.contains(".nbc-upload."))
+}
+
 /// The nix32 sha256 of `bytes`: the name a NAR upload must carry.
 pub fn nix32_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;

@@ -38,6 +38,12 @@ pub fn server_side_state(server_port: u16, client_port: u16) -> Option<u8> {
 
 /// Raises this process's soft open-file limit to its hard limit (the server does the same for
 /// itself); fails clearly if that is below `need`.
+///
+/// The limit is the whole test process's and stays raised once a test raised it: harmless to
+/// the tests beside it, whose servers take their hard limit at start anyway and whose other
+/// children (nix) need few. A test that needs a low limit sets it in its child
+/// (`Server::start_with_fd_limit`), never here. The tests that need thousands of descriptors
+/// run alone (`one_at_a_time`), so they do not compete for them either.
 pub fn raise_open_file_limit(need: u64) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

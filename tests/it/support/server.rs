@@ -35,7 +35,7 @@ pub struct Server {
     log: Arc<Log>,
     /// The notification socket stays bound while the server runs: it notifies on SIGHUP and
     /// on stop too, and a vanished socket would make it log a warning.
-    _notifications: Notifications,
+    notifications: Notifications,
     /// Held while the server runs, so that a test that needs the machine alone waits for it.
     _turn: Turn,
 }
@@ -73,6 +73,33 @@ impl Server {
             .status()
             .unwrap();
         assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// `SIGHUP`, returning once the server has reloaded (`RELOADING=1`, then `READY=1`).
+    pub fn reload(&self) {
+        self.signal("HUP");
+        let deadline = Instant::now() + START_TIMEOUT;
+        for expected in ["RELOADING=1", "READY=1"] {
+            loop {
+                match self.notifications.next(deadline) {
+                    Some(message) if message == expected => break,
+                    Some(message) if message == STDERR_CLOSED => {
+                        panic!("the server exited on SIGHUP; log:\n{}", self.log())
+                    }
+                    Some(_) => continue,
+                    None => panic!("no {expected} after SIGHUP; log:\n{}", self.log()),
+                }
+            }
+        }
+    }
+
+    /// A sample without labels from `/metrics` on the main port, e.g.
+    /// `metric("nbc_connections_open")` (that request's own connection included).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
     }
 
     /// Starts `command` (the server binary, or a wrapper that execs it) like [`Server::start`].
@@ -138,7 +165,7 @@ impl Server {
             child,
             port,
             log,
-            _notifications: notifications,
+            notifications,
             _turn: turn,
         }
     }
