@@ -112,7 +112,8 @@ pub fn listening(addrs: &[std::net::SocketAddr]) -> String {
 }
 
 /// The notification that every narinfo of the first scan has been read (the log's `indexed`
-/// line): sent after `READY=1`, which already comes once every narinfo is listed.
+/// line): sent after `READY=1`, which already comes once every narinfo is listed. Never sent if
+/// the first scan failed (the log says why; requests look at the disk meanwhile).
 pub const INDEXED: &str = "X_INDEXED=1";
 
 /// A variable's value as UTF-8 (systemd only ever writes ASCII digits into these).
