@@ -162,6 +162,9 @@ pub struct Conn {
     pub timer: AtomicU64,
     /// Waiting for a request, with no response in progress: a stopping server closes it.
     pub idle: AtomicBool,
+    /// When its request was handed to a handler (engine clock, ms); 0 once the response is
+    /// finished. A handler out for long lets another thread poll (`engine/pollers.rs`).
+    pub handed_out: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -173,6 +176,7 @@ impl Conn {
             token,
             timer: AtomicU64::new(BUSY),
             idle: AtomicBool::new(true),
+            handed_out: AtomicU64::new(0),
             state: Mutex::new(State {
                 buf: Vec::new(),
                 pos: 0,

@@ -13,6 +13,7 @@ mod body;
 pub(crate) mod conn;
 pub mod head;
 mod output;
+mod pollers;
 mod sys;
 
 use std::io;
@@ -54,6 +55,9 @@ pub struct Limits {
     pub max_discard_bytes: u64,
     /// How long a closing connection's late input is read and dropped.
     pub linger: Duration,
+    /// Threads that wait for events at the same time, more while handlers are slow (see
+    /// `engine/pollers.rs`); 0: the number of CPUs.
+    pub pollers: usize,
 }
 
 impl Default for Limits {
@@ -67,6 +71,7 @@ impl Default for Limits {
             max_headers: 100,
             max_discard_bytes: 64 * 1024,
             linger: Duration::from_secs(2),
+            pollers: 0,
         }
     }
 }
@@ -75,7 +80,7 @@ const LISTENER: u64 = u64::MAX;
 const WAKER: u64 = u64::MAX - 1;
 /// Bytes one event may push before the connection goes to the back of the queue.
 const PUSH_BUDGET: u64 = 4 << 20;
-const SWEEP_EVERY: Duration = Duration::from_millis(100);
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
 /// Unsent bytes a connection may queue in the kernel (see [`sys::set_notsent_lowat`]).
 const NOTSENT_LOWAT: u32 = 256 * 1024;
 
@@ -91,6 +96,7 @@ pub struct Engine {
     listener: Listener,
     waker: sys::EventFd,
     conns: Mutex<Slab>,
+    pollers: Arc<pollers::Pollers>,
     pub limits: Limits,
     clock: Instant,
     /// Stop accepting; close connections between requests.
@@ -112,6 +118,10 @@ impl Engine {
             listener,
             waker: sys::EventFd::new()?,
             conns: Mutex::new(Slab::default()),
+            pollers: pollers::Pollers::new(match limits.pollers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            }),
             limits,
             clock: Instant::now(),
             stopping: AtomicBool::new(false),
@@ -143,9 +153,13 @@ impl Engine {
     pub fn next(self: &Arc<Self>, timeout: Option<Duration>) -> io::Result<Option<Incoming>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut waited = false;
+        self.pollers.register();
         loop {
             if self.unblocked.load(Ordering::SeqCst) {
                 return Err(io::Error::other("thread unblocked"));
+            }
+            if self.pollers.crowded() && !self.pollers.park(deadline, &self.unblocked) {
+                return Ok(None);
             }
             let left = match deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
@@ -325,6 +339,8 @@ impl Engine {
                         state.consume(head.len);
                         drop(state);
                         conn.idle.store(false, Ordering::SeqCst);
+                        conn.handed_out
+                            .store(self.millis(Instant::now()), Ordering::Relaxed);
                         self.in_flight.fetch_add(1, Ordering::SeqCst);
                         let body = Body::new(
                             head.framing,
@@ -406,6 +422,7 @@ impl Engine {
     /// Finishes a request: drops what is left of its body if that is cheap, then writes the
     /// response as far as the socket takes it now and parks the rest.
     pub fn finish(self: &Arc<Self>, conn: &Arc<Conn>, body: &mut Body, mut output: Output) {
+        conn.handed_out.store(0, Ordering::Relaxed);
         if !body.is_done() && !body.discard_available(conn, self.limits.max_discard_bytes) {
             // The rest of the body may never come, or be huge: do not wait for it.
             output.keep_alive = false;
@@ -506,6 +523,7 @@ impl Engine {
 
     /// Forgets the connection; its socket closes when the last reference goes.
     pub fn close(&self, conn: &Conn) {
+        conn.handed_out.store(0, Ordering::Relaxed);
         let removed = self.slab().remove(conn.token);
         let _ = self.epoll.delete(conn.fd().as_raw_fd());
         sys::shutdown(conn.fd(), libc::SHUT_RDWR);
@@ -514,6 +532,7 @@ impl Engine {
 
     /// A connection leaves the engine for good ([`crate::Request::upgrade`]).
     pub fn detach(&self, conn: &Conn) {
+        conn.handed_out.store(0, Ordering::Relaxed);
         self.slab().remove(conn.token);
         let _ = self.epoll.delete(conn.fd().as_raw_fd());
     }
@@ -525,12 +544,19 @@ impl Engine {
         }
         let now = self.millis(Instant::now());
         let stopping = self.stopping.load(Ordering::SeqCst);
+        let stuck_since = now.saturating_sub(pollers::STUCK_AFTER.as_millis() as u64);
+        let mut stuck = 0;
         let expired: Vec<Arc<Conn>> = self
             .slab()
             .iter()
+            .inspect(|c| {
+                let handed_out = c.handed_out.load(Ordering::Relaxed);
+                stuck += usize::from(handed_out != 0 && handed_out <= stuck_since);
+            })
             .filter(|c| c.claim_expired(now, stopping && c.idle.load(Ordering::SeqCst)))
             .cloned()
             .collect();
+        self.pollers.set_stuck(stuck);
         for conn in expired {
             let parked = std::mem::replace(&mut conn.state().phase, Phase::Lingering);
             if let Phase::Writing(mut output) = parked {
@@ -550,6 +576,7 @@ impl Engine {
     /// Makes every `recv` return an error, now and from now on.
     pub fn unblock(&self) {
         self.unblocked.store(true, Ordering::SeqCst);
+        self.pollers.wake_all();
         self.waker.signal();
     }
 }
