@@ -276,6 +276,51 @@ def floor_section(run):
     return out
 
 
+def ceiling_section(run):
+    """What the narinfo req/s ratios can reach on this machine: wrk shares the cores, so with a
+    server that cost nothing the ratio would still be bounded by wrk's own CPU per request."""
+    out = [
+        "",
+        "### What a req/s ratio demands when wrk shares the cores",
+        "",
+        "wrk runs on the same cores. When they are saturated (the busy column), a request costs the",
+        "machine wrk's CPU (X) plus the server's (Y), so ours/nginx in req/s is about (X + Y_nginx) / (X + Y_ours).",
+        "Even a server costing nothing could not pass (X + Y_nginx) / X; the last columns give the CPU per",
+        "request ours would need for 1.5x and 2x nginx's req/s. X is wrk's user+sys time over the requests of each",
+        "server's best round; the bounds use the smaller X of the two (the more generous bound).",
+        "",
+        "| scenario | busy (ours / nginx runs) | X (ours / nginx runs) | Y_nginx | Y_ours | ratio now | ceiling (Y_ours = 0) "
+        "| Y_ours for 1.5x | Y_ours for 2x |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def busy(scen, srv):
+        r = run.runs.get((scen, srv, run.best.get((scen, srv), 1)), {})
+        return sum(int(r.get(k, "0")) for k in ("cpu_pct", "wrk_pct", "other_pct"))
+
+    def need(x, yn, target):
+        y = (x + yn) / target - x
+        return cpu(y) if y > 0 else "impossible"
+
+    for scen, label in (("hits64", "narinfo hits, c=64"), ("miss64", "narinfo misses, c=64"),
+                        ("hits1000", "narinfo hits, c=1000")):
+        if (scen, "nginx") not in run.best:
+            continue
+        xs = []
+        for srv in ("ours", "nginx"):
+            requests = float(run.val(scen, srv, "requests") or 0)
+            wrk_us = int(run.m.get(f"wrk.{scen}.{srv}.{run.best[(scen, srv)]}.wrk_ms", "0")) * 1000
+            xs.append(wrk_us / requests if requests > 0 else 0)
+        if min(xs) <= 0:
+            continue
+        x = min(xs)
+        yn, yo = float(run.val(scen, "nginx", "cpu_us")), float(run.val(scen, "ours", "cpu_us"))
+        now = ratio(run.val(scen, "ours", "rps"), run.val(scen, "nginx", "rps"))
+        out.append(f"| {label} | {busy(scen, 'ours')}% / {busy(scen, 'nginx')}% | {cpu(xs[0])} / {cpu(xs[1])} | {cpu(yn)} | "
+                   f"{cpu(yo)} | {now} | {(x + yn) / x:.2f} | {need(x, yn, 1.5)} | {need(x, yn, 2.0)} |")
+    return out
+
+
 def rescan_section(run):
     out = [
         "",
@@ -477,7 +522,7 @@ def build_report(run):
     out = header(run) + [""] + main_table(run)
     if run.floor:
         out += floor_section(run)
-    out += rescan_section(run)
+    out += ceiling_section(run) + rescan_section(run)
     if int(run.get("run.many_conns", "0")) > 0:
         out += many_section(run)
     out += index_section(run) + errors_section(run) + every_run_section(run)
