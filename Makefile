@@ -4,7 +4,7 @@ CARGO ?= cargo
 PORT ?= 8080
 CACHE ?= tests/fixtures/cache-signed
 
-.PHONY: run test deps check-fmt clippy unit build fixture bench static soak replicas clean
+.PHONY: run test deps check-fmt clippy unit build script-tests fixture bench static soak replicas clean
 
 ## Serve the small real cache shipped in the repo (signed with tests/fixtures/keys/test-key.pub).
 run:
@@ -13,7 +13,7 @@ run:
 	./target/release/nix-binary-cache $(CACHE) -p $(PORT)
 
 ## Everything CI checks: formatting, lints, unit, HTTP and real-Nix-client tests.
-test: deps check-fmt clippy build
+test: deps check-fmt clippy build script-tests
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --doc
 	scripts/check-systemd-units.sh target/debug/nix-binary-cache
@@ -24,6 +24,10 @@ test: deps check-fmt clippy build
 ## Install the real Nix client (Debian's nix-bin) when missing; fail clearly when we cannot.
 deps:
 	@scripts/ensure-deps.sh
+
+## Unit tests of the Python under scripts/ (nix32/NAR helper, bench and soak reports): a second.
+script-tests:
+	python3 -m unittest discover -s scripts -t scripts
 
 check-fmt:
 	$(CARGO) fmt --all -- --check

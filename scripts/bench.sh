@@ -46,9 +46,14 @@
 #      with wrk -t2 -c N (--many-conns) for --duration seconds with a 5 s request timeout: errors,
 #      req/s, threads/descriptors/RSS halfway through, the kernel's listen-queue counters, and
 #      whether the server still answers a new connection afterwards.
-#   5. Prints a Markdown report (best round per server, chosen by req/s, or by MiB/s for NARs;
-#      latencies and CPU from that same round) and saves it to scripts/bench/last-result.md; raw
-#      wrk output goes to scripts/bench/last-raw.log.
+#   5. scripts/bench/report.py turns the numbers into a Markdown report (best round per server,
+#      chosen by req/s, or by MiB/s for NARs; latencies and CPU from that same round), which is
+#      printed and saved to docs/benchmarks.md.
+#
+# This script only runs and measures: every number it collects goes to a run directory,
+# target/bench/<UTC time>/ (target/bench/latest points at the last one; not in git):
+# measurements.txt (KEY=VALUE lines), raw.log (every wrk output), the servers' logs and
+# report.md. `scripts/bench/report.py DIR` writes the report again from such a directory.
 #
 # Needs: nginx, wrk, curl, python3 (installed with apt-get when missing and run as root), cargo
 # unless --binary/--no-build. Runs everything on 127.0.0.1; every process it starts is stopped on
@@ -73,8 +78,7 @@ GEN_VERSION=1 # bump when gen_cache.py changes what it writes: cached caches are
 SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$SCRIPTS_DIR")"
 BENCH_DIR="$SCRIPTS_DIR/bench"
-RESULT_MD="$BENCH_DIR/last-result.md"
-RAW_LOG="$BENCH_DIR/last-raw.log"
+RESULT_MD="$REPO/docs/benchmarks.md"
 COMMAND_LINE="scripts/bench.sh"
 for a in "$@"; do
     if [[ "$a" =~ ^[A-Za-z0-9_./,=:+-]+$ ]]; then COMMAND_LINE+=" $a"; else COMMAND_LINE+=" $(printf '%q' "$a")"; fi
@@ -161,6 +165,42 @@ if [ "$MANY_CONNS" -gt 0 ] && [ "$NOFILE" -lt $((MANY_CONNS + 256)) ]; then
 fi
 CLK_TCK="$(getconf CLK_TCK)"
 
+# --- run directory: what this run measured, for scripts/bench/report.py -------------------
+RUN_NAME="$(date -u +%Y%m%dT%H%M%SZ)"
+RUN="$REPO/target/bench/$RUN_NAME"
+mkdir -p "$RUN" || die "cannot create the run directory $RUN"
+ln -sfn "$RUN_NAME" "$REPO/target/bench/latest"
+MEASURED="$RUN/measurements.txt"
+: > "$MEASURED"
+: > "$RUN/raw.log"
+
+# record KEY VALUE...: appends KEY=VALUE to measurements.txt (the value is the rest of the line).
+record() {
+    local value="${*:2}"
+    printf '%s=%s\n' "$1" "${value//$'\n'/ }" >> "$MEASURED"
+}
+
+record run.command "$COMMAND_LINE"
+record run.git_rev "$GIT_REV"
+record run.load_start "$LOAD_START"
+record run.duration "$DURATION"
+record run.rounds "$ROUNDS"
+record run.threads "$THREADS"
+record run.many_conns "$MANY_CONNS"
+record run.many_timeout "$MANY_TIMEOUT"
+record run.raw_log "target/bench/$RUN_NAME/raw.log"
+record machine.cpus "$(nproc)"
+record machine.cpu_model "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+record machine.kernel "$(uname -r)"
+record machine.mem_kb "$(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo)"
+record machine.nofile "$(ulimit -n)"
+record machine.nofile_hard "$(ulimit -Hn)"
+record machine.somaxconn "$(cat /proc/sys/net/core/somaxconn 2>/dev/null || echo '?')"
+record machine.tcp_max_syn_backlog "$(cat /proc/sys/net/ipv4/tcp_max_syn_backlog 2>/dev/null || echo '?')"
+record machine.tcp_syncookies "$(cat /proc/sys/net/ipv4/tcp_syncookies 2>/dev/null || echo '?')"
+record machine.clk_tck "$CLK_TCK"
+record nginx.version "$("$NGINX" -v 2>&1)"
+
 # --- temp dir and cleanup -----------------------------------------------------------------
 TMP="$(mktemp -d /tmp/nbc-bench.XXXXXX)"
 PIDS=() # every long-running process we started
@@ -234,6 +274,8 @@ if [ -z "$BINARY" ]; then
     fi
 fi
 [ -x "$BINARY" ] || die "no server binary at $BINARY"
+record ours.binary "$BINARY"
+record ours.built_by_this_run "$([ -z "$BINARY_GIVEN" ] && echo yes || echo no)"
 [ -n "$FLOOR_BINARY" ] || FLOOR_BINARY="$(dirname "$BINARY")/examples/tiny_http_floor"
 if [ -x "$FLOOR_BINARY" ]; then
     HAVE_FLOOR=1
@@ -241,6 +283,8 @@ else
     HAVE_FLOOR=0
     say "warning: no floor binary at $FLOOR_BINARY (cargo build --release --examples, or --floor-binary PATH): floor rows skipped"
 fi
+record floor.binary "$FLOOR_BINARY"
+record floor.present "$HAVE_FLOOR"
 
 # --- synthetic caches ---------------------------------------------------------------------
 # ensure_cache N: prints the cache dir for N narinfos, generating it unless complete.
@@ -274,6 +318,8 @@ narinfo_bytes() {
 
 CACHE="$(ensure_cache "$NARINFOS")"
 KEYS="$CACHE.keys"
+record cache.dir "$CACHE"
+record cache.narinfos "$NARINFOS"
 declare -A INDEX_CACHE
 for n in "${INDEX_SIZES[@]}"; do INDEX_CACHE[$n]="$(ensure_cache "$n")"; done
 
@@ -281,17 +327,17 @@ for n in "${INDEX_SIZES[@]}"; do INDEX_CACHE[$n]="$(ensure_cache "$n")"; done
 OURS_THREAD_ARGS=()
 [ -n "$THREADS" ] && OURS_THREAD_ARGS=(--threads "$THREADS")
 
-# start_ours NAME DIR PORT RESCAN LOGLEVEL: starts our server, sets OURS_PID; logs to $TMP/NAME.log
+# start_ours NAME DIR PORT RESCAN LOGLEVEL: starts our server, sets OURS_PID; logs to $RUN/NAME.log
 start_ours() {
     "$BINARY" "$2" -p "$3" --bind 127.0.0.1 "${OURS_THREAD_ARGS[@]}" \
-        --log-level "$5" --rescan-interval "$4" 2> "$TMP/$1.log" > /dev/null &
+        --log-level "$5" --rescan-interval "$4" 2> "$RUN/$1.log" > /dev/null &
     OURS_PID=$!
     PIDS+=("$OURS_PID")
 }
 
-# start_floor NAME PORT: starts examples/tiny_http_floor, sets FLOOR_PID; logs to $TMP/NAME.log
+# start_floor NAME PORT: starts examples/tiny_http_floor, sets FLOOR_PID; logs to $RUN/NAME.log
 start_floor() {
-    "$FLOOR_BINARY" "$2" ${THREADS:+"$THREADS"} 2> "$TMP/$1.log" > /dev/null &
+    "$FLOOR_BINARY" "$2" ${THREADS:+"$THREADS"} 2> "$RUN/$1.log" > /dev/null &
     FLOOR_PID=$!
     PIDS+=("$FLOOR_PID")
 }
@@ -300,7 +346,8 @@ start_floor() {
 # everything, so wait_ready would do too; this also works for it).
 wait_listening() { wait_ready "$@"; }
 
-# start_nginx DIR PORT [WORKER_CONNECTIONS]: sets NGINX_PID (the master; daemon off)
+# start_nginx DIR PORT [WORKER_CONNECTIONS]: sets NGINX_PID (the master; daemon off). Its error
+# log stays in $TMP (one line per miss: hundreds of MB in a full run).
 start_nginx() {
     local user_line="" wconn="${3:-8192}"
     [ "$(id -u)" -eq 0 ] && user_line="user root;"
@@ -414,21 +461,20 @@ listen_counters() {
 }
 
 # --- wrk ----------------------------------------------------------------------------------
-: > "$TMP/raw.log"
-declare -A R     # R[scenario|server|round|key] = value from the BENCH line
-declare -A BEST  # BEST[scenario|server] = round chosen
-
 # run_wrk SCENARIO SERVER ROUND PORT CONNS KEYFILE [TIMEOUT_SECS [SAMPLE]]
-# Besides wrk's numbers, stores for the run: cpu_us (server CPU per request), cpu_pct (server
-# CPU, 100 = one core), wrk_pct, other_pct (everything else on the machine), load (1-min load
-# average before the run); with SAMPLE=1 also threads/fds/rss_kb of the server halfway through.
+# Records, as wrk.SCENARIO.SERVER.ROUND.*: wrk's BENCH line (random_path.lua), the 1-min load
+# average before the run, and the counters read before and after it: the server's user+sys
+# clock ticks, the whole machine's busy ticks, wrk's CPU milliseconds and the wall time; with
+# SAMPLE=1 also threads/fds/rss_kb of the server halfway through. report.py derives CPU per
+# request and the CPU shares from them.
 run_wrk() {
     local scen="$1" srv="$2" round="$3" port="$4" conns="$5" keys="$6" tmo="${7:-30}" sample="${8:-0}"
-    local out line kv k pids c0 c1 m0 m1 w0 w1 t0 t1 wpid st=0
-    k="$scen|$srv|$round"
+    local out line k pids c0 c1 m0 m1 w0 w1 t0 t1 wpid st=0 th fd rss
+    k="wrk.$scen.$srv.$round"
     out="$TMP/wrk-$scen-$srv-$round.txt"
     say "wrk: $scen, $srv, round $round (c=$conns, ${DURATION}s)"
-    R["$k|load"]="$(cut -d' ' -f1 /proc/loadavg)"
+    record "$k.conns" "$conns"
+    record "$k.load" "$(cut -d' ' -f1 /proc/loadavg)"
     pids="$(srv_pids "$srv" | tr '\n' ' ')"
     children_ms; w0=$CHILD_MS; m0=$(machine_busy); c0=$(cpu_ticks $pids); t0=$(date +%s%N)
     timeout --kill-after=10 $((DURATION + 120)) \
@@ -437,72 +483,50 @@ run_wrk() {
     wpid=$!
     if [ "$sample" = 1 ]; then
         sleep "$(awk -v d="$DURATION" 'BEGIN { print d / 2 }')"
-        local th fd rss
         read -r th fd rss <<< "$(sample_procs "$srv")"
-        R["$k|threads"]=$th; R["$k|fds"]=$fd; R["$k|rss_kb"]=$rss
+        record "$k.threads" "$th"
+        record "$k.fds" "$fd"
+        record "$k.rss_kb" "$rss"
     fi
     wait "$wpid" || st=$?
     c1=$(cpu_ticks $pids); m1=$(machine_busy); t1=$(date +%s%N); children_ms; w1=$CHILD_MS
     [ "$st" -eq 0 ] || say "warning: wrk exited with status $st for $scen/$srv/$round"
-    { echo "===== $scen | $srv | round $round | c=$conns | $(date -u +%FT%TZ)"; cat "$out"; } >> "$TMP/raw.log"
+    { echo "===== $scen | $srv | round $round | c=$conns | $(date -u +%FT%TZ)"; cat "$out"; } >> "$RUN/raw.log"
     line="$(grep '^BENCH ' "$out" | tail -1 || true)"
     [ -n "$line" ] || { say "warning: no BENCH line from wrk for $scen/$srv/$round"; line="BENCH requests=0"; }
-    for kv in ${line#BENCH }; do R["$k|${kv%%=*}"]="${kv#*=}"; done
-    eval "$(awk -v K="$k" -v c="$((c1 - c0))" -v m="$((m1 - m0))" -v w="$((w1 - w0))" -v hz="$CLK_TCK" \
-        -v ns="$((t1 - t0))" -v req="${R[$k|requests]:-0}" 'BEGIN {
-            wall = ns / 1e9; srv = c / hz; wrk = w / 1000; other = m / hz - srv - wrk
-            if (other < 0) other = 0
-            printf "R[\"%s|cpu_us\"]=%.2f; ", K, (req > 0 ? srv * 1e6 / req : 0)
-            printf "R[\"%s|cpu_pct\"]=%.0f; R[\"%s|wrk_pct\"]=%.0f; R[\"%s|other_pct\"]=%.0f\n", K, 100 * srv / wall, K, 100 * wrk / wall, K, 100 * other / wall
-        }')"
-}
-
-# pick_best SCENARIO SERVER KEY: remembers the round with the highest KEY.
-pick_best() {
-    local best=1 r
-    for ((r = 2; r <= ROUNDS; r++)); do
-        if awk -v a="${R[$1|$2|$r|$3]:-0}" -v b="${R[$1|$2|$best|$3]:-0}" 'BEGIN { exit !(a > b) }'; then
-            best=$r
-        fi
-    done
-    BEST["$1|$2"]=$best
-}
-
-val() { echo "${R[$1|$2|${BEST[$1|$2]}|$3]:-0}"; } # val SCENARIO SERVER KEY (best round)
-
-sum_rounds() { # sum_rounds SCENARIO SERVER KEY
-    local r s=0
-    for ((r = 1; r <= ROUNDS; r++)); do s=$((s + ${R[$1|$2|$r|$3]:-0})); done
-    echo "$s"
+    record "$k.wrk" "${line#BENCH }"
+    record "$k.server_ticks" "$((c1 - c0))"
+    record "$k.machine_ticks" "$((m1 - m0))"
+    record "$k.wrk_ms" "$((w1 - w0))"
+    record "$k.wall_ns" "$((t1 - t0))"
 }
 
 # --- 1. index build time and RSS after startup --------------------------------------------
 # Two starts per cache: the first also warms the page cache (dentries, inodes, file data); the
-# report uses the second and shows the first's wall time.
-declare -A IDX
+# report uses the second and shows the first's wall time. report.py reads the `listed` and
+# `indexed` lines from the logs.
+record index.sizes "${INDEX_SIZES[*]}"
 for n in "${INDEX_SIZES[@]}"; do
-    read -r "IDX[$n|files]" "IDX[$n|bytes]" <<< "$(narinfo_bytes "${INDEX_CACHE[$n]}")"
+    read -r files bytes <<< "$(narinfo_bytes "${INDEX_CACHE[$n]}")"
+    record "index.$n.files" "$files"
+    record "index.$n.bytes" "$bytes"
     for run in 1 2; do
         port="$(free_port)"
         say "index: starting ours on ${INDEX_CACHE[$n]} (start $run of 2)"
         t0=$(date +%s%N)
         start_ours "index-$n-$run" "${INDEX_CACHE[$n]}" "$port" 0 info
-        wait_ready "$port" "$OURS_PID" 900 || die "our server did not come up on ${INDEX_CACHE[$n]}: $(tail -5 "$TMP/index-$n-$run.log")"
+        wait_ready "$port" "$OURS_PID" 900 || die "our server did not come up on ${INDEX_CACHE[$n]}: $(tail -5 "$RUN/index-$n-$run.log")"
         t1=$(date +%s%N)
-        IDX[$n|wall$run]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
         # Every path known (READY=1; the `listed` line), then every file read (`indexed`).
-        wait_index_read "$port" "$OURS_PID" 900 || die "our server did not finish reading ${INDEX_CACHE[$n]}: $(tail -5 "$TMP/index-$n-$run.log")"
+        wait_index_read "$port" "$OURS_PID" 900 || die "our server did not finish reading ${INDEX_CACHE[$n]}: $(tail -5 "$RUN/index-$n-$run.log")"
         t2=$(date +%s%N)
-        IDX[$n|read$run]=$(awk -v a="$t0" -v b="$t2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
-        IDX[$n|listed]="$(sed -n 's/.*listed [0-9]* narinfo files .* in \([0-9.]*\)s:.*/\1/p' "$TMP/index-$n-$run.log" | head -1)"
-        [ -n "${IDX[$n|listed]}" ] || IDX[$n|listed]="-"
         sleep 1
-        IDX[$n|rss]=$(proc_kb "$OURS_PID" VmRSS)
-        IDX[$n|hwm]=$(proc_kb "$OURS_PID" VmHWM)
-        IDX[$n|cpu]=$(awk -v t="$(cpu_ticks "$OURS_PID")" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')
-        logline="$(grep -m1 'indexed [0-9]* narinfo files' "$TMP/index-$n-$run.log" || true)"
-        IDX[$n|log]="$(sed -n 's/.*indexed \([0-9]*\) narinfo files .* (\([0-9]*\) skipped) in \([0-9.]*\)s.*/\1 \2 \3/p' <<< "$logline")"
-        [ -n "${IDX[$n|log]}" ] || IDX[$n|log]="? ? ?"
+        record "index.$n.$run.log" "index-$n-$run.log"
+        record "index.$n.$run.first_answer_ns" "$((t1 - t0))"
+        record "index.$n.$run.all_read_ns" "$((t2 - t0))"
+        record "index.$n.$run.rss_kb" "$(proc_kb "$OURS_PID" VmRSS)"
+        record "index.$n.$run.hwm_kb" "$(proc_kb "$OURS_PID" VmHWM)"
+        record "index.$n.$run.cpu_ticks" "$(cpu_ticks "$OURS_PID")"
         stop_pid "$OURS_PID" 15; forget_pid "$OURS_PID"
     done
 done
@@ -511,8 +535,8 @@ done
 PORT_OURS="$(free_port)"
 start_ours main "$CACHE" "$PORT_OURS" 0 warn
 OURS_MAIN_PID=$OURS_PID
-wait_ready "$PORT_OURS" "$OURS_PID" 900 || die "our server did not come up: $(tail -5 "$TMP/main.log")"
-wait_index_read "$PORT_OURS" "$OURS_PID" 900 || die "our server did not finish reading its index: $(tail -5 "$TMP/main.log")"
+wait_ready "$PORT_OURS" "$OURS_PID" 900 || die "our server did not come up: $(tail -5 "$RUN/main.log")"
+wait_index_read "$PORT_OURS" "$OURS_PID" 900 || die "our server did not finish reading its index: $(tail -5 "$RUN/main.log")"
 PORT_NGINX="$(free_port)"
 while [ "$PORT_NGINX" = "$PORT_OURS" ]; do PORT_NGINX="$(free_port)"; done
 start_nginx "$CACHE" "$PORT_NGINX"
@@ -523,18 +547,18 @@ if [ "$HAVE_FLOOR" = 1 ]; then
     PORT_FLOOR="$(free_port)"
     while [ "$PORT_FLOOR" = "$PORT_OURS" ] || [ "$PORT_FLOOR" = "$PORT_NGINX" ]; do PORT_FLOOR="$(free_port)"; done
     start_floor floor "$PORT_FLOOR"
-    wait_listening "$PORT_FLOOR" "$FLOOR_PID" 60 || die "the floor did not come up: $(tail -5 "$TMP/floor.log")"
+    wait_listening "$PORT_FLOOR" "$FLOOR_PID" 60 || die "the floor did not come up: $(tail -5 "$RUN/floor.log")"
     SRV_PID[floor]=$FLOOR_PID
-    say "floor on :$PORT_FLOOR (pid $FLOOR_PID): $(tail -1 "$TMP/floor.log")"
+    say "floor on :$PORT_FLOOR (pid $FLOOR_PID): $(tail -1 "$RUN/floor.log")"
 fi
 say "ours on :$PORT_OURS (pid $OURS_MAIN_PID), nginx on :$PORT_NGINX (pid $NGINX_PID)"
-OURS_THREADS_IDLE=$(proc_kb "$OURS_MAIN_PID" Threads)
+record ours.threads_idle "$(proc_kb "$OURS_MAIN_PID" Threads)"
 
 # Sanity: both serve the same bytes.
 first_hit="$(head -1 "$KEYS/hits.txt")"
 cmp -s <(curl -fs "http://127.0.0.1:$PORT_OURS$first_hit") <(curl -fs "http://127.0.0.1:$PORT_NGINX$first_hit") \
     || die "ours and nginx answer $first_hit differently"
-FIRST_HIT_BYTES=$(curl -fs "http://127.0.0.1:$PORT_OURS$first_hit" | wc -c)
+record ours.first_hit_bytes "$(curl -fs "http://127.0.0.1:$PORT_OURS$first_hit" | wc -c)"
 
 # name | connections | key list | metric that picks the best round | servers
 SCENARIOS=(
@@ -544,6 +568,7 @@ SCENARIOS=(
     "nar1g|4|nar-big.txt|mib_s|ours nginx"
     "hits1000|1000|hits.txt|rps|ours nginx floor"
 )
+for spec in "${SCENARIOS[@]}"; do record "scenario.${spec%%|*}" "${spec#*|}"; done
 port_of() { case "$1" in ours) echo "$PORT_OURS" ;; nginx) echo "$PORT_NGINX" ;; floor) echo "$PORT_FLOOR" ;; esac; }
 for spec in "${SCENARIOS[@]}"; do
     IFS='|' read -r scen conns keys _ servers <<< "$spec"
@@ -554,17 +579,16 @@ for spec in "${SCENARIOS[@]}"; do
         done
     done
 done
-OURS_HWM=$(proc_kb "$OURS_MAIN_PID" VmHWM)
-OURS_RSS_END=$(proc_kb "$OURS_MAIN_PID" VmRSS)
-NGINX_HWM=$(nginx_kb VmHWM)
-NGINX_WORKERS=$(ps -o pid= --ppid "$NGINX_PID" | wc -l)
-FLOOR_HWM=0
-[ "$HAVE_FLOOR" = 1 ] && FLOOR_HWM=$(proc_kb "$FLOOR_PID" VmHWM)
-kill -0 "$OURS_MAIN_PID" 2>/dev/null || say "warning: our server died during the runs: $(tail -5 "$TMP/main.log")"
+record ours.hwm_kb "$(proc_kb "$OURS_MAIN_PID" VmHWM)"
+record ours.rss_end_kb "$(proc_kb "$OURS_MAIN_PID" VmRSS)"
+record ours.log main.log
+record nginx.hwm_kb "$(nginx_kb VmHWM)"
+record nginx.workers "$(ps -o pid= --ppid "$NGINX_PID" | wc -l)"
+[ "$HAVE_FLOOR" = 1 ] && record floor.hwm_kb "$(proc_kb "$FLOOR_PID" VmHWM)"
+kill -0 "$OURS_MAIN_PID" 2>/dev/null || say "warning: our server died during the runs: $(tail -5 "$RUN/main.log")"
 stop_pid "$NGINX_PID" 15; forget_pid "$NGINX_PID"
 stop_pid "$OURS_MAIN_PID" 15; forget_pid "$OURS_MAIN_PID"
 [ "$HAVE_FLOOR" = 1 ] && { stop_pid "$FLOOR_PID" 15; forget_pid "$FLOOR_PID"; }
-OURS_WARN_LINES=$(grep -c . "$TMP/main.log" || true)
 
 # --- 3. p99 while rescans run ----------------------------------------------------------------
 PORT_RESCAN="$(free_port)"
@@ -574,21 +598,14 @@ SRV_PID[ours]=$OURS_PID
 for ((round = 1; round <= ROUNDS; round++)); do
     run_wrk rescan64 ours "$round" "$PORT_RESCAN" 64 "$KEYS/hits.txt"
 done
-RESCAN_HWM=$(proc_kb "$OURS_PID" VmHWM)
-RESCAN_LOG_LINES=$(grep -c . "$TMP/rescan.log" || true)
+record rescan.hwm_kb "$(proc_kb "$OURS_PID" VmHWM)"
+record rescan.log rescan.log
 stop_pid "$OURS_PID" 15; forget_pid "$OURS_PID"
-
-for spec in "${SCENARIOS[@]}"; do
-    IFS='|' read -r scen _ _ metric servers <<< "$spec"
-    for srv in $servers; do pick_best "$scen" "$srv" "$metric"; done
-done
-pick_best rescan64 ours rps
 
 # --- 3b. many connections ------------------------------------------------------------------
 # One run per server on a fresh instance, one server at a time, so that each has the machine's
 # sockets and descriptors to itself. A new connection is tried afterwards: tiny_http's accept
 # thread stops for good on an accept error (EMFILE), which this would show.
-declare -A MANY # MANY[server|key]
 MANY_SERVERS=()
 if [ "$MANY_CONNS" -gt 0 ]; then
     MANY_SERVERS=(ours nginx)
@@ -597,270 +614,46 @@ if [ "$MANY_CONNS" -gt 0 ]; then
         port="$(free_port)"
         case "$srv" in
             ours)
-                start_ours many "$CACHE" "$port" 0 warn; pid=$OURS_PID
-                wait_ready "$port" "$pid" 900 || die "our server did not come up: $(tail -5 "$TMP/many.log")" ;;
+                start_ours many-ours "$CACHE" "$port" 0 warn; pid=$OURS_PID; log=many-ours.log
+                wait_ready "$port" "$pid" 900 || die "our server did not come up: $(tail -5 "$RUN/$log")" ;;
             nginx)
                 # Room for every connection in one worker: accepts are not spread evenly.
-                start_nginx "$CACHE" "$port" $((NOFILE - 64)); pid=$NGINX_PID
+                start_nginx "$CACHE" "$port" $((NOFILE - 64)); pid=$NGINX_PID; log=many-nginx-error.log
                 wait_ready "$port" "$pid" 60 || die "nginx did not come up: $(tail -5 "$TMP/nginx/error.log")" ;;
             floor)
-                start_floor many-floor "$port"; pid=$FLOOR_PID
-                wait_listening "$port" "$pid" 60 || die "the floor did not come up: $(tail -5 "$TMP/many-floor.log")" ;;
+                start_floor many-floor "$port"; pid=$FLOOR_PID; log=many-floor.log
+                wait_listening "$port" "$pid" 60 || die "the floor did not come up: $(tail -5 "$RUN/$log")" ;;
         esac
         SRV_PID[$srv]=$pid
-        MANY[$srv|backlog]="$(ss -ltnH "sport = :$port" 2>/dev/null | awk '{ print $3; exit }')" || true
-        MANY[$srv|lim]="$(awk '$1 == "Max" && $2 == "open" { print $4; exit }' "/proc/$pid/limits")"
-        before="$(listen_counters)"
+        record "many.$srv.log" "$log"
+        record "many.$srv.backlog" "$(ss -ltnH "sport = :$port" 2>/dev/null | awk '{ print $3; exit }' || true)"
+        record "many.$srv.open_file_limit" "$(awk '$1 == "Max" && $2 == "open" { print $4; exit }' "/proc/$pid/limits")"
+        record "many.$srv.listen_before" "$(listen_counters)"
         run_wrk many "$srv" 1 "$port" "$MANY_CONNS" "$KEYS/hits.txt" "$MANY_TIMEOUT" 1
-        after="$(listen_counters)"
-        MANY[$srv|tcp]="$(awk -v a="$before" -v b="$after" 'BEGIN {
-            n = split(a, x, " "); split(b, y, " "); out = ""
-            for (i = 1; i <= n; i++) {
-                split(x[i], p, "="); split(y[i], q, "=")
-                if (q[2] - p[2] != 0) out = out p[1] " +" (q[2] - p[2]) ", "
-            }
-            sub(/, $/, "", out); print (out == "" ? "none" : out)
-        }')"
-        if kill -0 "$pid" 2>/dev/null \
-            && curl -fs -o /dev/null --max-time 10 "http://127.0.0.1:$port$first_hit"; then
-            MANY[$srv|after]="yes"
+        record "many.$srv.listen_after" "$(listen_counters)"
+        if ! kill -0 "$pid" 2>/dev/null; then
+            record "many.$srv.answers_after" exited
+        elif curl -fs -o /dev/null --max-time 10 "http://127.0.0.1:$port$first_hit"; then
+            record "many.$srv.answers_after" yes
         else
-            MANY[$srv|after]="**no**"
-            kill -0 "$pid" 2>/dev/null || MANY[$srv|after]="**no (exited)**"
+            record "many.$srv.answers_after" no
         fi
-        case "$srv" in
-            ours) log="$TMP/many.log" ;; floor) log="$TMP/many-floor.log" ;; nginx) log="$TMP/nginx/error.log" ;;
-        esac
-        MANY[$srv|loglines]=$(grep -c . "$log" 2>/dev/null || true)
-        # the first 4 distinct messages (numbers folded; backtrace frames and notes left out)
-        MANY[$srv|logmsg]="$(sed -E 's/^[0-9TZ:.\/ -]+//; s/[0-9]+/N/g' "$log" 2>/dev/null \
-            | { grep -Ev '^(stack backtrace:|note: | +N: | +at |$)' || true; } \
-            | awk '{ c[$0]++; if (c[$0] == 1) order[++n] = $0 }
-                END { for (i = 1; i <= n && i <= 4; i++) {
-                    m = order[i]; gsub(/\|/, "/", m); gsub(/`/, "'"'"'", m)
-                    printf "%s%dx `%s`", (i > 1 ? "; " : ""), c[order[i]], substr(m, 1, 160) } }')" || true
+        if [ "$srv" = nginx ]; then cp "$TMP/nginx/error.log" "$RUN/$log" || true; fi
         stop_pid "$pid" 15; forget_pid "$pid"
         sleep 2 # let the closed connections settle
     done
 fi
+record many.servers "${MANY_SERVERS[*]}"
 
 # --- 4. report ----------------------------------------------------------------------------
-ms() { awk -v u="$1" 'BEGIN { printf "%.3f ms", u / 1000 }'; }
-num() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
-mib() { awk -v x="$1" 'BEGIN { printf "%.1f MiB/s", x }'; }
-mb() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
-cpu() { awk -v u="$1" 'BEGIN { if (u >= 10000) printf "%.1f ms", u / 1000; else printf "%.1f µs", u }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
-
-row() { # row SCENARIO LABEL KEY FORMAT [lower]
-    local a b note=""
-    a="$(val "$1" ours "$3")"; b="$(val "$1" nginx "$3")"
-    [ "${5:-}" = lower ] && note=" (lower is better)"
-    echo "| $2$note | $($4 "$a") | $($4 "$b") | $(ratio "$a" "$b") |"
-}
-
-errors_cell() { # errors_cell SCENARIO SERVER: totals over all rounds
-    local k out="" reqs non2xx sock="" n
-    reqs=$(sum_rounds "$1" "$2" requests)
-    non2xx=$(sum_rounds "$1" "$2" err_status)
-    for k in connect read write timeout; do
-        n=$(sum_rounds "$1" "$2" "err_$k")
-        [ "$n" -gt 0 ] && sock+="$k $n, "
-    done
-    out="$reqs req, non-2xx/3xx $non2xx"
-    [ -n "$sock" ] && out+=", socket errors: ${sock%, }" || out+=", no socket errors"
-    echo "$out"
-}
-
-many_cell() { # many_cell SERVER KEY FORMAT
-    local v="${R[many|$1|1|$2]:-}"
-    [ -n "$v" ] || { echo "-"; return; }
-    "$3" "$v"
-}
-
-# Noise: the 1-min load before each run and the CPU everything else used during it.
-NOISE="$(for k in "${!R[@]}"; do
-    case "$k" in *"|other_pct") echo "${R[$k]} ${R[${k%other_pct}load]:-0}" ;; esac
-done | awk '{ n++; o += $1; if ($1 > mo) mo = $1; l += $2; if ($2 > ml) ml = $2 }
-    END { if (n) printf "others used %.0f%% of one core on average during the wrk runs (at most %.0f%%); 1-min load average before a run: mean %.2f, max %.2f", o / n, mo, l / n, ml }')"
-
-CPU_MODEL="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
-BINARY_NOTE="built by this run"
-[ -n "$BINARY_GIVEN" ] && BINARY_NOTE="not built by this run (--binary or --no-build), file modified $(date -u -r "$BINARY" '+%Y-%m-%d %H:%M UTC'); which commit it was built from is not checked"
 TOTAL=$((SECONDS - START_SECONDS))
-THREADS_NOTE="${THREADS:-default}"
-
-{
-    echo "# nix-binary-cache vs nginx"
-    echo
-    echo "- Command: \`$COMMAND_LINE\`"
-    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); total run time ${TOTAL}s"
-    echo "- Machine: $(nproc) CPUs, $CPU_MODEL; kernel $(uname -r); $(awk '/MemTotal/ { printf "%.1f GiB", $2/1048576 }' /proc/meminfo) RAM; open-file limit $(ulimit -n) (hard $(ulimit -Hn)); net.core.somaxconn $(cat /proc/sys/net/core/somaxconn 2>/dev/null || echo '?'), tcp_max_syn_backlog $(cat /proc/sys/net/ipv4/tcp_max_syn_backlog 2>/dev/null || echo '?'), tcp_syncookies $(cat /proc/sys/net/ipv4/tcp_syncookies 2>/dev/null || echo '?')"
-    echo "- Load average at start $LOAD_START, at the end $(cut -d' ' -f1-3 /proc/loadavg); $NOISE"
-    echo "- Server: $BINARY ($BINARY_NOTE); repository at the start of the run: $GIT_REV; threads: $THREADS_NOTE ($OURS_THREADS_IDLE threads when idle), --rescan-interval 0 except where noted"
-    echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), worker_processes auto ($NGINX_WORKERS workers), sendfile on, tcp_nopush on, access_log off, open_file_cache off"
-    [ "$HAVE_FLOOR" = 1 ] && echo "- Floor: $FLOOR_BINARY, threads: $THREADS_NOTE"
-    echo "- Cache: $CACHE ($NARINFOS narinfos, 200 NARs of 1 MiB, one of 1 GiB; page cache warm)"
-    echo "- Load: wrk 2 threads, ${DURATION}s per run, random path per request (scripts/bench/random_path.lua); rounds: $ROUNDS, ours then nginx (then the floor) in each."
-    echo "  Each cell is the **best round** (highest req/s; MiB/s for NARs); latencies and CPU from that same round."
-    echo "  wrk runs on the same $(nproc) cores as the server, so it takes CPU away from both."
-    echo "- CPU/request: user+sys time of the server process (nginx: master + workers) from /proc/PID/stat, read before and after each run, divided by the requests wrk completed."
-    echo "  It includes the kernel's TCP work done in the server's context, not wrk's; it depends much less on machine noise than req/s does."
-    echo
-    echo "| scenario | ours | nginx | ratio (ours/nginx) |"
-    echo "|---|---:|---:|---:|"
-    row hits64 "narinfo hits, c=64: req/s" rps num
-    row hits64 "narinfo hits, c=64: p50" p50_us ms lower
-    row hits64 "narinfo hits, c=64: p99" p99_us ms lower
-    row hits64 "narinfo hits, c=64: CPU/request" cpu_us cpu lower
-    row miss64 "narinfo misses (404), c=64: req/s" rps num
-    row miss64 "narinfo misses (404), c=64: p50" p50_us ms lower
-    row miss64 "narinfo misses (404), c=64: p99" p99_us ms lower
-    row miss64 "narinfo misses (404), c=64: CPU/request" cpu_us cpu lower
-    row nar1m "1 MiB NARs, c=16: throughput" mib_s mib
-    row nar1m "1 MiB NARs, c=16: req/s" rps num
-    row nar1m "1 MiB NARs, c=16: p50" p50_us ms lower
-    row nar1m "1 MiB NARs, c=16: p99" p99_us ms lower
-    row nar1m "1 MiB NARs, c=16: CPU/request (= per MiB)" cpu_us cpu lower
-    row nar1g "1 GiB NAR, c=4: throughput" mib_s mib
-    row nar1g "1 GiB NAR, c=4: CPU/request (= per GiB)" cpu_us cpu lower
-    row hits1000 "narinfo hits, c=1000: req/s" rps num
-    row hits1000 "narinfo hits, c=1000: p50" p50_us ms lower
-    row hits1000 "narinfo hits, c=1000: p99" p99_us ms lower
-    row hits1000 "narinfo hits, c=1000: CPU/request" cpu_us cpu lower
-    echo "| peak RSS after all runs (VmHWM; nginx: master + workers) (lower is better) | $(mb "$OURS_HWM") | $(mb "$NGINX_HWM") | $(ratio "$OURS_HWM" "$NGINX_HWM") |"
-    echo
-    echo "Our RSS at the end of the runs: $(mb "$OURS_RSS_END"). Lines our server logged at --log-level warn: $OURS_WARN_LINES."
-    if [ "$HAVE_FLOOR" = 1 ]; then
-        echo
-        echo "### The floor: tiny_http + worker pool alone"
-        echo
-        echo "examples/tiny_http_floor is tiny_http with the same number of worker threads answering every"
-        echo "request with one constant response of about 1 KB from memory (our answer to the first hit has a"
-        echo "$FIRST_HIT_BYTES-byte body): no routing, no index, no disk, no logging. It is the cost floor of"
-        echo "tiny_http + worker pool, so ours/nginx cannot exceed floor/nginx in req/s, and our CPU/request"
-        echo "cannot go below the floor's."
-        echo
-        echo "| narinfo hits | ours | nginx | floor | ours/nginx | floor/nginx | ours/floor |"
-        echo "|---|---:|---:|---:|---:|---:|---:|"
-        for scen in hits64 hits1000; do
-            c=64; [ "$scen" = hits1000 ] && c=1000
-            for spec in "req/s|rps|num" "p99 (lower is better)|p99_us|ms" "CPU/request (lower is better)|cpu_us|cpu"; do
-                IFS='|' read -r label key fmt <<< "$spec"
-                a="$(val "$scen" ours "$key")"; b="$(val "$scen" nginx "$key")"; f="$(val "$scen" floor "$key")"
-                echo "| c=$c: $label | $($fmt "$a") | $($fmt "$b") | $($fmt "$f") | $(ratio "$a" "$b") | $(ratio "$f" "$b") | $(ratio "$a" "$f") |"
-            done
-        done
-        echo
-        echo "Peak RSS of the floor: $(mb "$FLOOR_HWM")."
-    fi
-    echo
-    echo "### p99 of narinfo hits while rescans run (ours only)"
-    echo
-    echo "| c=64 narinfo hits | ours, idle (--rescan-interval 0) | ours, --rescan-interval 1 | ratio (rescan/idle) |"
-    echo "|---|---:|---:|---:|"
-    for key in rps p50_us p99_us cpu_us; do
-        a="$(val hits64 ours "$key")"; b="$(val rescan64 ours "$key")"
-        case $key in
-            rps) echo "| req/s | $(num "$a") | $(num "$b") | $(ratio "$b" "$a") |" ;;
-            cpu_us) echo "| CPU/request, rescans included (lower is better) | $(cpu "$a") | $(cpu "$b") | $(ratio "$b" "$a") |" ;;
-            *) echo "| ${key%_us} (lower is better) | $(ms "$a") | $(ms "$b") | $(ratio "$b" "$a") |" ;;
-        esac
-    done
-    echo
-    echo "Peak RSS of the rescanning instance: $(mb "$RESCAN_HWM"); lines it logged at --log-level warn: $RESCAN_LOG_LINES."
-    if [ "$MANY_CONNS" -gt 0 ]; then
-        echo
-        echo "### $MANY_CONNS connections (narinfo hits, fresh instances, one ${DURATION}s run each, wrk --timeout ${MANY_TIMEOUT}s)"
-        echo
-        hdr="| c=$MANY_CONNS |"; sep="|---|"
-        for srv in "${MANY_SERVERS[@]}"; do hdr+=" $srv |"; sep+="---:|"; done
-        echo "$hdr"; echo "$sep"
-        manyrow() { # manyrow LABEL KEY FORMAT
-            local line="| $1 |" srv
-            for srv in "${MANY_SERVERS[@]}"; do line+=" $(many_cell "$srv" "$2" "$3") |"; done
-            echo "$line"
-        }
-        manyrow "req/s" rps num
-        manyrow "requests completed" requests num
-        manyrow "p50" p50_us ms
-        manyrow "p99" p99_us ms
-        manyrow "max" max_us ms
-        manyrow "CPU/request" cpu_us cpu
-        line="| errors: connect / read / write / timeout / non-2xx |"
-        for srv in "${MANY_SERVERS[@]}"; do
-            line+=" ${R[many|$srv|1|err_connect]:-?} / ${R[many|$srv|1|err_read]:-?} / ${R[many|$srv|1|err_write]:-?} / ${R[many|$srv|1|err_timeout]:-?} / ${R[many|$srv|1|err_status]:-?} |"
-        done
-        echo "$line"
-        line="| halfway: threads, open descriptors, RSS |"
-        for srv in "${MANY_SERVERS[@]}"; do
-            line+=" ${R[many|$srv|1|threads]:-?}, ${R[many|$srv|1|fds]:-?}, $(mb "${R[many|$srv|1|rss_kb]:-0}") |"
-        done
-        echo "$line"
-        line="| open-file limit of the process (nginx: master) |"; for srv in "${MANY_SERVERS[@]}"; do line+=" ${MANY[$srv|lim]:-?} |"; done; echo "$line"
-        line="| listen backlog (ss Send-Q) |"; for srv in "${MANY_SERVERS[@]}"; do line+=" ${MANY[$srv|backlog]:-?} |"; done; echo "$line"
-        line="| kernel listen-queue counters during the run |"; for srv in "${MANY_SERVERS[@]}"; do line+=" ${MANY[$srv|tcp]:-?} |"; done; echo "$line"
-        line="| answers a new connection afterwards |"; for srv in "${MANY_SERVERS[@]}"; do line+=" ${MANY[$srv|after]:-?} |"; done; echo "$line"
-        line="| log lines (ours, floor: stderr; nginx: error.log) |"; for srv in "${MANY_SERVERS[@]}"; do line+=" ${MANY[$srv|loglines]:-0} |"; done; echo "$line"
-        echo
-        for srv in "${MANY_SERVERS[@]}"; do
-            [ -n "${MANY[$srv|logmsg]:-}" ] && echo "- $srv logged: ${MANY[$srv|logmsg]}"
-        done
-        echo
-        echo "Ours and the floor run on our epoll engine (crates/tiny_http): one descriptor and no thread per"
-        echo "connection, so an open-file limit of L holds about L connections."
-    fi
-    echo
-    echo "### Index build at startup (ours)"
-    echo
-    echo "Second of two starts (the first warms the page cache). Memory target: RSS ≤ 1.3 × narinfo bytes + 32 MiB."
-    echo "The server answers before its first scan ends (from the disk); the \`listed\` line is every path known"
-    echo "(READY=1), the \`indexed\` line every file read (in the background, nice 19); CPU and memory once read."
-    echo
-    echo "| narinfos | narinfo bytes | 1st start (page cache may be cold): launch to first answer | 2nd start: launch to first answer | \`listed\` (every path known) | launch to every file read | \`indexed\` log line | skipped | CPU (user+sys) once read | VmRSS | VmHWM | target | VmRSS ≤ target | VmHWM ≤ target |"
-    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
-    for n in "${INDEX_SIZES[@]}"; do
-        read -r cnt skipped secs <<< "${IDX[$n|log]}"
-        limit_kb=$(awk -v b="${IDX[$n|bytes]}" 'BEGIN { printf "%d", 1.3 * b / 1024 + 32 * 1024 }')
-        pass_rss=fail; [ "${IDX[$n|rss]}" -le "$limit_kb" ] && pass_rss=pass
-        pass_hwm=fail; [ "${IDX[$n|hwm]}" -le "$limit_kb" ] && pass_hwm=pass
-        echo "| $n | $(awk -v b="${IDX[$n|bytes]}" 'BEGIN { printf "%.1f MiB", b / 1048576 }') | ${IDX[$n|wall1]} s | ${IDX[$n|wall2]} s | ${IDX[$n|listed]} s | ${IDX[$n|read2]} s | $cnt in ${secs} s | $skipped | ${IDX[$n|cpu]} s | $(mb "${IDX[$n|rss]}") | $(mb "${IDX[$n|hwm]}") | $(mb "$limit_kb") | $pass_rss ($(ratio "${IDX[$n|rss]}" "$limit_kb")) | $pass_hwm ($(ratio "${IDX[$n|hwm]}" "$limit_kb")) |"
-    done
-    echo
-    echo "### Requests and errors (all rounds)"
-    echo
-    echo "Misses are expected to be non-2xx (404) for both servers."
-    echo
-    echo "| scenario | ours | nginx | floor |"
-    echo "|---|---|---|---|"
-    for spec in "${SCENARIOS[@]}"; do
-        IFS='|' read -r scen conns _ _ servers <<< "$spec"
-        fl="-"; [[ " $servers " == *" floor "* ]] && [ "$HAVE_FLOOR" = 1 ] && fl="$(errors_cell "$scen" floor)"
-        echo "| $scen (c=$conns) | $(errors_cell "$scen" ours) | $(errors_cell "$scen" nginx) | $fl |"
-    done
-    echo "| rescan64 (c=64) | $(errors_cell rescan64 ours) | - | - |"
-    echo
-    echo "### Every run"
-    echo
-    echo "CPU columns: 100% = one core. \"others\" = busy CPU time of the whole machine (/proc/stat) minus the server's and wrk's: other processes, noise."
-    echo
-    echo "| scenario | server | round | req/s | MiB/s | p50 | p99 | max | CPU/request | server CPU | wrk CPU | others CPU | load1 before |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    for scen in hits64 miss64 nar1m nar1g hits1000 rescan64 many; do
-        for srv in ours nginx floor; do
-            for ((round = 1; round <= ROUNDS; round++)); do
-                k="$scen|$srv|$round"
-                [ -n "${R[$k|requests]:-}" ] || continue
-                mark=""; [ "${BEST[$scen|$srv]:-}" = "$round" ] && mark=" *"
-                echo "| $scen | $srv | $round$mark | $(num "${R[$k|rps]:-0}") | $(awk -v x="${R[$k|mib_s]:-0}" 'BEGIN{printf "%.1f", x}') | $(ms "${R[$k|p50_us]:-0}") | $(ms "${R[$k|p99_us]:-0}") | $(ms "${R[$k|max_us]:-0}") | $(cpu "${R[$k|cpu_us]:-0}") | ${R[$k|cpu_pct]:-?}% | ${R[$k|wrk_pct]:-?}% | ${R[$k|other_pct]:-?}% | ${R[$k|load]:-?} |"
-            done
-        done
-    done
-    echo
-    echo "\\* = round used above. Raw wrk output: scripts/bench/last-raw.log."
-} > "$TMP/result.md"
-
-cp "$TMP/result.md" "$RESULT_MD"
-cp "$TMP/raw.log" "$RAW_LOG"
+record run.seconds "$TOTAL"
+record run.end "$(date -u '+%Y-%m-%d %H:%M UTC')"
+record run.load_end "$(cut -d' ' -f1-3 /proc/loadavg)"
+record ours.binary_modified "$(date -u -r "$BINARY" '+%Y-%m-%d %H:%M UTC')"
+python3 "$BENCH_DIR/report.py" "$RUN" > "$RUN/report.md" \
+    || die "scripts/bench/report.py failed; the measurements are in $RUN"
+mkdir -p "$(dirname "$RESULT_MD")"
+cp "$RUN/report.md" "$RESULT_MD"
 cat "$RESULT_MD"
-say "done in ${TOTAL}s; report saved to $RESULT_MD"
+say "done in ${TOTAL}s; report saved to $RESULT_MD, measurements and logs in $RUN"

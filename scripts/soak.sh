@@ -14,8 +14,9 @@
 #   - the server rescanning the directory every 5 s (--rescan-interval 5) and signing every
 #     narinfo with tests/fixtures/keys/test-key.sec.
 # Afterwards `nix-binary-cache verify` checks the directory and the server is stopped with
-# SIGTERM. The report (requests by kind, errors, MB, uploads, nix copies, rescans, RSS series)
-# is printed and kept in target/soak/report.txt with the server and Nix logs next to it.
+# SIGTERM. scripts/soak/report.py writes the report (requests by kind, errors, MB, uploads, nix
+# copies, rescans, RSS series) and the verdict; it is printed and kept in target/soak/report.txt
+# with the server and Nix logs and loadgen's results.json next to it.
 #
 # Fails if any status or check is unexpected (hits 200, misses 404, uploads 200, ranges 206),
 # any nix copy fails, the server logs a WARN/ERROR, RSS in the last third of the run is more than
@@ -116,7 +117,7 @@ setsid "$repo/scripts/soak/nix-loop.sh" "$work" "$cache" "$url" "$pubkey" </dev/
 loop_pid=$!
 if ((duration >= 300)); then interval=10 warmup=60; else interval=2 warmup=10; fi
 load_rc=0
-python3 "$repo/scripts/soak/loadgen.py" run --port "$port" --pid "$server_pid" --cache "$cache" \
+python3 "$repo/scripts/soak/loadgen.py" --port "$port" --pid "$server_pid" --cache "$cache" \
     --token-file "$work/tokens" --duration "$duration" --rate "${SOAK_RATE:-400}" \
     --upload-rate "${SOAK_UPLOAD_RATE:-4}" --sample-interval "$interval" --warmup "$warmup" \
     --out "$work/results.json" || load_rc=$?
@@ -140,7 +141,7 @@ stop_ms=$((($(date +%s%N) - stop_start) / 1000000))
 stop_seconds=$(printf '%d.%03d' $((stop_ms / 1000)) $((stop_ms % 1000)))
 
 report_rc=0
-python3 "$repo/scripts/soak/loadgen.py" report --results "$work/results.json" --work "$work" \
+python3 "$repo/scripts/soak/report.py" --results "$work/results.json" --work "$work" \
     --server-log "$work/server.log" --binary "$binary" --nix-version "$nix_version" \
     --rescan-interval "$rescan" --rss-tolerance "${SOAK_RSS_TOLERANCE:-0.2}" \
     --exit-status "$exit_status" --stop-seconds "$stop_seconds" \

@@ -245,6 +245,9 @@ fn serve(options: cli::Options) -> Result<(), Error> {
         );
         running.push(server);
     }
+    // Whoever started us on port 0 (a supervisor, the tests) learns the address here.
+    let addrs: Vec<SocketAddr> = running.iter().map(|s| s.local_addr()).collect();
+    notify(&nix_binary_cache::os::systemd::listening(&addrs));
 
     // Requests are answered from now on (from the disk while the first scan runs); systemd
     // hears "ready" once the index is complete.
@@ -261,6 +264,8 @@ fn serve(options: cli::Options) -> Result<(), Error> {
                     _ => "watching with inotify",
                 }
             ));
+            indexed.wait_until_read();
+            notify(nix_binary_cache::os::systemd::INDEXED);
         });
     if let Err(e) = readiness {
         log::warn!("could not start the readiness thread ({e}); telling systemd now");

@@ -33,7 +33,10 @@ import random
 import sys
 import time
 
-NIX32 = b"0123456789abcdfghijklmnpqrsvwxyz"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/
+from lib.nixfmt import ALPHABET  # noqa: E402
+
+NIX32 = ALPHABET.encode()
 # byte -> nix32 digit of its low 5 bits: random bytes become random nix32 text in one call.
 TO_NIX32 = bytes(NIX32[b & 31] for b in range(256))
 B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

@@ -1,10 +1,9 @@
 #!/usr/bin/env python3
 """Mixed HTTP load for scripts/soak.sh (standard library only).
 
-    loadgen.py run    --port P --pid PID --cache DIR --token-file F --duration S --out R.json
-    loadgen.py report --results R.json --work DIR ...
+    loadgen.py --port P --pid PID --cache DIR --token-file F --duration S --out R.json
 
-`run` drives the server for S seconds with keep-alive connections:
+drives the server for S seconds with keep-alive connections:
 
   readers (--readers threads, --rate requests/s in total)
     narinfo hits (200, StorePath and Sig checked, half of them followed to their NAR like Nix
@@ -19,7 +18,7 @@
     200 with the right hash). Each uploader owns a fixed set of store-path slots, so the index
     does not grow without bound: most uploads push a slot's current contents again, a quarter
     give it new contents (its old NAR is then unreferenced; `verify` lists it as a stray, which
-    `report` expects). Now and then a PUT without a token (401).
+    scripts/soak/report.py expects). Now and then a PUT without a token (401).
   sampler
     VmRSS, VmHWM, threads and open descriptors of the server every --sample-interval seconds.
 
@@ -27,72 +26,35 @@ The catalogue of what exists is the cache directory itself, rescanned every 2 s;
 only by rename (the server's uploads and Nix's file:// store both write a temporary first), so
 every name seen is complete and, for NARs, immutable.
 
-`report` joins the results with what scripts/soak.sh collected (nix copy loop, server log,
-`verify`, shutdown) and prints the final report; it exits 1 if any check failed.
+R.json holds the counts, the error samples and the memory samples; scripts/soak/report.py
+joins it with what scripts/soak.sh collected and gives the verdict. Nix's formats (nix32,
+NARs, narinfo) come from scripts/lib/nixfmt.py.
 """
 
 import argparse
-import hashlib
 import http.client
 import json
 import os
 import random
 import re
-import socket
-import struct
 import sys
 import threading
 import time
 from collections import Counter
 
-ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
-NIX32_RE = "[0-9a-df-np-sv-z]"
-NARINFO_NAME = re.compile(rf"^({NIX32_RE}{{32}})\.narinfo$")
-NAR_NAME = re.compile(rf"^({NIX32_RE}{{52}})\.nar(\.[a-z0-9]+)?$")
-LS_NAME = re.compile(rf"^{NIX32_RE}{{32}}\.ls$")
-LOG_NAME = re.compile(rf"^{NIX32_RE}{{32}}-[A-Za-z0-9+\-._?=]+$")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/
+from lib import nixfmt  # noqa: E402
+from lib.nixfmt import DIGIT_RE, parse_narinfo  # noqa: E402
+
+NARINFO_NAME = re.compile(rf"^({DIGIT_RE}{{32}})\.narinfo$")
+NAR_NAME = re.compile(rf"^({DIGIT_RE}{{52}})\.nar(\.[a-z0-9]+)?$")
+LS_NAME = re.compile(rf"^{DIGIT_RE}{{32}}\.ls$")
+LOG_NAME = re.compile(rf"^{DIGIT_RE}{{32}}-[A-Za-z0-9+\-._?=]+$")
 KEY_NAME = "test-cache-1"
 
 
-def nix32(data: bytes) -> str:
-    """Nix's base-32 (src/nix32.rs): the last digit first."""
-    n = (len(data) * 8 + 4) // 5
-    out = []
-    for k in range(n - 1, -1, -1):
-        i, j = divmod(k * 5, 8)
-        lo = data[i] >> j
-        hi = (data[i + 1] << (8 - j)) if i + 1 < len(data) else 0
-        out.append(ALPHABET[(lo | hi) & 0x1F])
-    return "".join(out)
-
-
-assert nix32(hashlib.sha256(b"").digest()) == "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
-
-
-def nar_string(b: bytes) -> bytes:
-    return struct.pack("<Q", len(b)) + b + b"\0" * (-len(b) % 8)
-
-
-def nar_regular_file(contents: bytes, executable: bool) -> bytes:
-    """The NAR serialisation of a store path that is one regular file."""
-    parts = [b"nix-archive-1", b"(", b"type", b"regular"]
-    if executable:
-        parts += [b"executable", b""]
-    parts += [b"contents", contents, b")"]
-    return b"".join(nar_string(p) for p in parts)
-
-
 def random_hash(n: int) -> str:
-    return "".join(random.choice(ALPHABET) for _ in range(n))
-
-
-def parse_narinfo(text: str) -> dict:
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(": ")
-        if sep:
-            fields.setdefault(key, []).append(value)
-    return fields
+    return "".join(random.choice(nixfmt.ALPHABET) for _ in range(n))
 
 
 class Stats:
@@ -272,7 +234,7 @@ class Reader:
         if not expect(self.stats, kind, status, 200, url):
             return
         problems = []
-        actual = nix32(hashlib.sha256(data).digest())
+        actual = nixfmt.sha256_nix32(data)
         if actual != m.group(1):
             problems.append(f"body hashes to {actual}")
         if file_hash is not None and file_hash != f"sha256:{m.group(1)}":
@@ -419,9 +381,9 @@ class Uploader:
                 random.randint(512 * 1024, 2 * 1024 * 1024))
         # Half random bytes, half text: a little like real store paths.
         contents = os.urandom(size // 2) + (b"soak line\n" * (size // 20))
-        nar = nar_regular_file(contents, executable=random.random() < 0.2)
+        nar = nixfmt.nar_regular_file(contents, executable=random.random() < 0.2)
         slot["nar"] = nar
-        slot["file_hash"] = nix32(hashlib.sha256(nar).digest())
+        slot["file_hash"] = nixfmt.sha256_nix32(nar)
         # Store paths are immutable (the server answers 409 to other contents under a stored
         # path): new contents are a new store path, and the old one stays whole.
         slot["hash"] = random_hash(32)
@@ -457,9 +419,11 @@ class Uploader:
             return
         self.stats.ok("upload_nar", up=len(nar))
         store_path = f"/nix/store/{slot['hash']}-{slot['name']}"
-        narinfo = (f"StorePath: {store_path}\nURL: {url}\nCompression: none\n"
-                   f"FileHash: sha256:{file_hash}\nFileSize: {len(nar)}\n"
-                   f"NarHash: sha256:{file_hash}\nNarSize: {len(nar)}\nReferences: \n")
+        narinfo = nixfmt.format_narinfo([
+            ("StorePath", store_path), ("URL", url), ("Compression", "none"),
+            ("FileHash", f"sha256:{file_hash}"), ("FileSize", len(nar)),
+            ("NarHash", f"sha256:{file_hash}"), ("NarSize", len(nar)), ("References", ""),
+        ])
         status, _, body = self.client.request(
             "PUT", f"/{slot['hash']}.narinfo", {**auth, "Content-Type": "text/x-nix-narinfo"},
             narinfo.encode())
@@ -485,8 +449,8 @@ class Uploader:
         self.stats.add("nars_verified")
 
     def unauthorised(self):
-        nar = nar_regular_file(b"no token\n", False)
-        url = f"/nar/{nix32(hashlib.sha256(nar).digest())}.nar"
+        nar = nixfmt.nar_regular_file(b"no token\n", False)
+        url = f"/nar/{nixfmt.sha256_nix32(nar)}.nar"
         status, _, _ = self.client.request("PUT", url, {"Content-Type": "application/x-nix-nar"}, nar)
         self.client.close()  # the server closes after a refusal anyway
         if expect(self.stats, "upload_401", status, 401, url):
@@ -583,197 +547,22 @@ def run(args):
     return 0
 
 
-# ---------------------------------------------------------------------------- report
-
-def read_lines(path):
-    try:
-        with open(path) as f:
-            return [line.rstrip("\n") for line in f]
-    except FileNotFoundError:
-        return []
-
-
-def report(args):
-    r = json.load(open(args.results))
-    failures = []
-    out = []
-    p = out.append
-
-    p("=" * 78)
-    p(f"nix-binary-cache soak report ({time.strftime('%Y-%m-%d %H:%M:%S %Z')})")
-    p(f"binary: {args.binary}")
-    p(f"duration: {r['duration']} s (ran {r['elapsed']:.1f} s); {r['readers']} reader threads at "
-      f"{r['rate']} req/s in total, {r['uploaders']} uploaders at {r['upload_rate']} uploads/s, "
-      f"rescan every {args.rescan_interval} s")
-    p("")
-    p("requests answered as expected, by kind:")
-    labels = {
-        "narinfo_hit": "narinfo hits (200)", "narinfo_miss": "narinfo misses (404)",
-        "nar_get": "NAR downloads (200)", "nar_via_narinfo": "NARs via narinfo URL (200)",
-        "nar_range": "NAR Range requests (206)", "nar_range_416": "Range past the end (416)",
-        "nar_miss": "NAR misses (404)", "nar_head": "NAR HEAD (200)",
-        "nar_304": "If-None-Match (304)", "cache_info": "nix-cache-info (200)",
-        "listing": ".ls listings (200)", "log": "build logs (200)", "landing": "landing page (200)",
-        "metrics": "/metrics (200)", "upload_nar": "NAR uploads (PUT 200)",
-        "upload_narinfo": "narinfo uploads (PUT 200)",
-        "upload_readback": "read-backs after upload (200)", "upload_401": "PUT without token (401)",
-    }
-    reqs = r["requests"]
-    for kind in labels:
-        if kind in reqs:
-            p(f"  {labels[kind]:<34} {reqs[kind]:>10,}")
-    for kind in sorted(set(reqs) - set(labels)):
-        p(f"  {kind:<34} {reqs[kind]:>10,}")
-    total = sum(reqs.values())
-    p(f"  {'total':<34} {total:>10,}   ({total / max(r['elapsed'], 1):,.0f} req/s)")
-    errors = sum(r["errors"].values())
-    p(f"unexpected statuses / failed checks: {errors}"
-      + (f"  {dict(r['errors'])}" if errors else ""))
-    for line in r["error_samples"]:
-        p(f"    {line}")
-    if errors:
-        failures.append(f"{errors} unexpected statuses or failed checks")
-    p(f"keep-alive reconnects (stale connection, retried once): {r['reconnects']}")
-    p(f"downloaded: {r['bytes_down'] / 1e6:,.1f} MB; uploaded: {r['bytes_up'] / 1e6:,.1f} MB; "
-      f"NAR hashes verified: {r['nars_verified']:,}; Range bodies compared with disk: "
-      f"{r['ranges_verified']:,}")
-    p(f"uploads: {reqs.get('upload_nar', 0):,} NARs + {reqs.get('upload_narinfo', 0):,} narinfos "
-      f"stored ({len(r['orphans'])} NARs left unreferenced by slot rewrites, as designed)")
-
-    # --- nix copy loop ---
-    w = args.work
-    copies = len(read_lines(os.path.join(w, "nix-copies")))
-    readbacks = len(read_lines(os.path.join(w, "nix-readbacks")))
-    nix_failures = read_lines(os.path.join(w, "nix-failures"))
-    p("")
-    p(f"nix copy --to file:// (Nix {args.nix_version}): {copies} done (xz / zstd+listing / none in turn); "
-      f"nix copy --from http:// with require-sigs: {readbacks} done; failures: {len(nix_failures)}")
-    for line in nix_failures[:10]:
-        p(f"    {line}")
-    if nix_failures:
-        failures.append(f"{len(nix_failures)} nix copy failures (see nix-loop.log)")
-    if copies == 0:
-        failures.append("the nix copy loop completed no copy")
-
-    # --- server log ---
-    log = read_lines(args.server_log)
-    rescans = sum("rescan:" in line for line in log)
-    last_rescan = next((line for line in reversed(log) if "rescan:" in line), "")
-    p(f"rescans: {rescans}" + (f" (last: {last_rescan.split('rescan: ', 1)[-1]})" if last_rescan else ""))
-    want_rescans = int(r["elapsed"] // args.rescan_interval) - 2
-    if rescans < want_rescans:
-        failures.append(f"only {rescans} rescans, expected at least {want_rescans}")
-    bad = [line for line in log if re.search(r"\b(WARN|ERROR)\b", line)]
-    p(f"server log: {len(log)} lines, {len(bad)} WARN/ERROR")
-    for line in bad[:10]:
-        p(f"    {line}")
-    if bad:
-        failures.append(f"{len(bad)} WARN/ERROR lines in the server log")
-
-    # --- RSS ---
-    samples = r["samples"]
-    p("")
-    p(f"server every {r['sample_interval']} s (t: VmRSS MiB / threads / open fds / index entries):")
-    row = []
-    for s in samples:
-        row.append(f"{s['t']:>4}s {s['rss_kib'] / 1024:5.1f}/{s['threads']}/{s['fds']}/{s['entries']!s:<4}")
-        if len(row) == 4:
-            p("  " + "  ".join(row))
-            row = []
-    if row:
-        p("  " + "  ".join(row))
-    if samples:
-        p(f"  VmHWM at the end: {samples[-1]['hwm_kib'] / 1024:.1f} MiB")
-    after = [s for s in samples if s["t"] > r["warmup"]]
-    if len(after) >= 3:
-        span = (r["elapsed"] - r["warmup"]) / 3
-        first = [s["rss_kib"] for s in after if s["t"] <= r["warmup"] + span] or [after[0]["rss_kib"]]
-        last = [s["rss_kib"] for s in after if s["t"] > r["warmup"] + 2 * span] or [after[-1]["rss_kib"]]
-        growth = max(last) / max(first) - 1
-        verdict = "flat" if growth <= args.rss_tolerance else "GROWING"
-        p(f"  RSS after {r['warmup']} s warm-up: first third max {max(first) / 1024:.1f} MiB, "
-          f"last third max {max(last) / 1024:.1f} MiB ({growth:+.1%}; limit "
-          f"+{args.rss_tolerance:.0%}): {verdict}")
-        if growth > args.rss_tolerance:
-            failures.append(f"RSS grew {growth:+.1%} between the first and last third")
-        fds_first = max(s["fds"] for s in after if s["t"] <= r["warmup"] + span)
-        fds_last = min(s["fds"] for s in after if s["t"] > r["warmup"] + 2 * span) if last else 0
-        if fds_last > fds_first + 64:
-            failures.append(f"open descriptors grew from at most {fds_first} to at least {fds_last}")
-    else:
-        failures.append("too few memory samples after warm-up to judge RSS")
-    if not r["alive"]:
-        failures.append("the server process died")
-
-    # --- verify ---
-    p("")
-    orphans = set(r["orphans"])
-    vlines = read_lines(os.path.join(w, "verify.out"))
-    strays = [l for l in vlines if "no narinfo points to this NAR" in l]
-    expected_strays = [l for l in strays if any(l.split(":", 1)[0].endswith("/" + o) for o in orphans)]
-    other = [l for l in vlines if "no narinfo points to this NAR" not in l and not re.match(
-        r"^\d+ narinfos checked", l)]
-    summary = next((l for l in vlines if re.match(r"^\d+ narinfos checked", l)), "(no summary)")
-    p(f"nix-binary-cache verify (after the run): {summary}")
-    p(f"  stray NARs: {len(strays)} (all from upload slot rewrites: "
-      f"{'yes' if len(expected_strays) == len(strays) else 'NO'}); other problems: {len(other)}")
-    for line in other[:10]:
-        p(f"    {line}")
-    if other or len(expected_strays) != len(strays):
-        failures.append("verify found problems other than the expected stray NARs")
-
-    # --- shutdown ---
-    p(f"shutdown: SIGTERM -> exit status {args.exit_status} after {args.stop_seconds} s")
-    if args.exit_status != "0":
-        failures.append(f"server exit status {args.exit_status} after SIGTERM")
-
-    p("")
-    if failures:
-        p("RESULT: FAIL")
-        for f in failures:
-            p(f"  - {f}")
-    else:
-        p("RESULT: PASS (no unexpected status, every NAR hash and Range body right, RSS flat, "
-          "verify clean, clean stop)")
-    p("=" * 78)
-    text = "\n".join(out) + "\n"
-    sys.stdout.write(text)
-    if args.report_file:
-        with open(args.report_file, "w") as f:
-            f.write(text)
-    return 1 if failures else 0
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("run")
-    a.add_argument("--port", type=int, required=True)
-    a.add_argument("--pid", type=int, required=True)
-    a.add_argument("--cache", required=True)
-    a.add_argument("--token-file", required=True)
-    a.add_argument("--duration", type=int, default=600)
-    a.add_argument("--readers", type=int, default=4)
-    a.add_argument("--rate", type=float, default=400, help="reader requests/s in total; 0 = as fast as possible")
-    a.add_argument("--uploaders", type=int, default=2)
-    a.add_argument("--upload-rate", type=float, default=4, help="path uploads/s in total")
-    a.add_argument("--slots", type=int, default=100, help="store paths per uploader")
-    a.add_argument("--sample-interval", type=int, default=10)
-    a.add_argument("--warmup", type=int, default=60)
-    a.add_argument("--out", required=True)
-    b = sub.add_parser("report")
-    b.add_argument("--results", required=True)
-    b.add_argument("--work", required=True)
-    b.add_argument("--server-log", required=True)
-    b.add_argument("--binary", default="?")
-    b.add_argument("--nix-version", default="?")
-    b.add_argument("--rescan-interval", type=int, default=5)
-    b.add_argument("--rss-tolerance", type=float, default=0.20)
-    b.add_argument("--exit-status", default="?")
-    b.add_argument("--stop-seconds", default="?")
-    b.add_argument("--report-file")
-    args = ap.parse_args()
-    sys.exit(run(args) if args.cmd == "run" else report(args))
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--pid", type=int, required=True)
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--token-file", required=True)
+    ap.add_argument("--duration", type=int, default=600)
+    ap.add_argument("--readers", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=400, help="reader requests/s in total; 0 = as fast as possible")
+    ap.add_argument("--uploaders", type=int, default=2)
+    ap.add_argument("--upload-rate", type=float, default=4, help="path uploads/s in total")
+    ap.add_argument("--slots", type=int, default=100, help="store paths per uploader")
+    ap.add_argument("--sample-interval", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=60)
+    ap.add_argument("--out", required=True)
+    sys.exit(run(ap.parse_args()))
 
 
 if __name__ == "__main__":

@@ -192,6 +192,11 @@ impl Cache {
         self.store().index().wait_first_scan()
     }
 
+    /// Blocks until every file of the first scan has been read (the log's `indexed` line).
+    pub fn wait_until_read(&self) {
+        self.store().index().wait_first_read()
+    }
+
     /// The watch mode in use: `Inotify` or `Poll` (`Auto` resolved).
     pub fn watch_mode(&self) -> WatchMode {
         self.store().watch_mode()

@@ -11,6 +11,13 @@
 //!   socket (a path, or `@name` for the abstract namespace). [`notify`] sends one datagram such as
 //!   `"READY=1\nSTATUS=serving 123 paths"` or `"STOPPING=1"`.
 //!
+//! - Two variables of our own (sd_notify(3) accepts any assignment; the `X_` prefix keeps
+//!   ours apart from systemd's): [`listening`] (`X_LISTEN=`), the addresses served, sent as soon
+//!   as they are bound, and [`INDEXED`] (`X_INDEXED=1`), sent after `READY=1` once every narinfo
+//!   of the first scan has been read. systemd ignores both; a supervisor or a test harness that
+//!   started the server on port 0 learns its address and when its index is complete without
+//!   reading the log.
+//!
 //! Outside systemd both are no-ops: [`listen_fds`] returns no sockets and [`notify`] returns
 //! `Ok(false)`.
 //!
@@ -95,6 +102,19 @@ pub fn notify(state: &str) -> io::Result<bool> {
         Some(socket) => notify_to(&socket, state).map(|()| true),
     }
 }
+
+/// The notification naming the addresses the server listens on, in order:
+/// `X_LISTEN=127.0.0.1:8080 [::1]:8080` (each one as [`std::net::SocketAddr`] prints and parses
+/// it, separated by spaces).
+pub fn listening(addrs: &[std::net::SocketAddr]) -> String {
+    let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    format!("X_LISTEN={}", addrs.join(" "))
+}
+
+/// The notification that every narinfo of the first scan has been read (the log's `indexed`
+/// line): sent after `READY=1`, which already comes once every narinfo is listed. Never sent if
+/// the first scan failed (the log says why; requests look at the disk meanwhile).
+pub const INDEXED: &str = "X_INDEXED=1";
 
 /// A variable's value as UTF-8 (systemd only ever writes ASCII digits into these).
 fn env_str<'a>(name: &str, value: Option<&'a OsStr>) -> io::Result<Option<&'a str>> {
@@ -365,6 +385,31 @@ mod tests {
         let server = UnixDatagram::bind_addr(&addr).unwrap();
         notify_to(OsStr::new(&format!("@{name}")), "READY=1").unwrap();
         assert_eq!(receive(&server), "READY=1");
+    }
+
+    #[test]
+    fn listening_names_every_address_so_that_it_parses_back() {
+        let addrs: Vec<std::net::SocketAddr> = vec![
+            "127.0.0.1:8080".parse().unwrap(),
+            "[::1]:41234".parse().unwrap(),
+        ];
+        let state = listening(&addrs);
+        assert_eq!(state, "X_LISTEN=127.0.0.1:8080 [::1]:41234");
+        let dir = TempDir::new();
+        let path = dir.0.join("notify");
+        let server = UnixDatagram::bind(&path).unwrap();
+        notify_to(path.as_os_str(), &state).unwrap();
+        let received = receive(&server);
+        let parsed: Vec<std::net::SocketAddr> = received
+            .strip_prefix("X_LISTEN=")
+            .unwrap()
+            .split(' ')
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(parsed, addrs);
+        assert_eq!(listening(&addrs[..1]), "X_LISTEN=127.0.0.1:8080");
+        notify_to(path.as_os_str(), INDEXED).unwrap();
+        assert_eq!(receive(&server), "X_INDEXED=1");
     }
 
     #[test]

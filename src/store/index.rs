@@ -309,6 +309,21 @@ impl Index {
     /// Marks every file of the first scan as read.
     pub fn first_read_ended(&self) {
         self.first_read.store(true, Ordering::Relaxed);
+        // Under the first scan's lock, so that a waiter cannot miss it (see `wait_first_read`).
+        let _scan = lock(&self.first_scan.0);
+        self.first_scan.1.notify_all();
+    }
+
+    /// Blocks until every file of the first scan has been read.
+    pub fn wait_first_read(&self) {
+        let mut scan = lock(&self.first_scan.0);
+        while !self.first_read_done() {
+            scan = self
+                .first_scan
+                .1
+                .wait(scan)
+                .unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// Blocks until the first scan has ended.

@@ -153,13 +153,49 @@ impl Request {
             printed.and_then(|()| output.push_waiting(conn.fd(), self.engine.limits.stall_timeout));
         output.complete(sent.map(|_| ()));
         self.engine.detach(&conn);
+        // Bytes of the new protocol the client sent right behind its request are already in
+        // our buffer: they come first.
+        let early = {
+            let mut state = conn.state();
+            let early = state.unread().to_vec();
+            state.consume(early.len());
+            early
+        };
         match conn.stream.try_clone() {
             Ok(stream) => {
                 let _ = stream.set_nonblocking(false);
-                Box::new(stream)
+                Box::new(Upgraded {
+                    early: io::Cursor::new(early),
+                    stream,
+                })
             }
             Err(_) => Box::new(io::Cursor::new(Vec::new())),
         }
+    }
+}
+
+/// An upgraded connection: what was buffered after the request, then the socket.
+struct Upgraded {
+    early: io::Cursor<Vec<u8>>,
+    stream: crate::engine::conn::Stream,
+}
+
+impl Read for Upgraded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.early.read(buf)? {
+            0 => self.stream.read(buf),
+            n => Ok(n),
+        }
+    }
+}
+
+impl Write for Upgraded {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.stream.write(data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
     }
 }
 

@@ -72,6 +72,8 @@ impl Body {
     /// Reads body bytes into `out`, waiting up to the stall timeout for each piece.
     pub fn read(&mut self, conn: &Conn, out: &mut [u8]) -> io::Result<usize> {
         let mut state = conn.state();
+        // Body reads go around the head buffer's bookkeeping: the next request may be waiting.
+        state.drained = false;
         self.read_with(conn, &mut state, out, true)
     }
 
@@ -82,6 +84,7 @@ impl Body {
         // go-ahead now (it would send a body nobody reads); what it sent anyway is dropped.
         self.continue_pending = false;
         let mut state = conn.state();
+        state.drained = false;
         let mut scratch = [0u8; 8192];
         let mut dropped = 0u64;
         while !self.is_done() && dropped <= cap {

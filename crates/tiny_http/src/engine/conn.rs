@@ -66,6 +66,9 @@ impl io::Write for Stream {
 
 /// The value of [`Conn::timer`] while a thread holds the connection (no deadline applies).
 pub const BUSY: u64 = 0;
+/// Held by a thread, and an event came meanwhile: the holder must have epoll report the
+/// connection again when it lets go (see [`Conn::release`]).
+pub const BUSY_PENDING: u64 = 1;
 /// The value of [`Conn::timer`] once the sweeper has claimed the connection to close it.
 pub const CLOSED: u64 = u64::MAX;
 
@@ -90,6 +93,10 @@ pub struct State {
     pub phase: Phase,
     /// When the connection is closed if nothing happens.
     pub deadline: Instant,
+    /// The last read emptied the socket, so epoll (edge-triggered) reports new input. False
+    /// while bytes may be waiting unseen: after a full read, a body read, or an event the
+    /// connection was not reading for.
+    pub drained: bool,
 }
 
 impl State {
@@ -121,6 +128,8 @@ impl State {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let n = sys::recv(fd, &mut scratch[..room])?;
+            // A read that did not fill its room took everything the socket had.
+            self.drained = n < room;
             // Grow by doubling, but never past `max`: a head arriving byte by byte must not
             // leave its connection holding twice the limit.
             let need = self.buf.len() + n;
@@ -153,6 +162,9 @@ pub struct Conn {
     pub timer: AtomicU64,
     /// Waiting for a request, with no response in progress: a stopping server closes it.
     pub idle: AtomicBool,
+    /// When its request was handed to a handler (engine clock, ms); 0 once the response is
+    /// finished. A handler out for long lets another thread poll (`engine/pollers.rs`).
+    pub handed_out: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -164,6 +176,7 @@ impl Conn {
             token,
             timer: AtomicU64::new(BUSY),
             idle: AtomicBool::new(true),
+            handed_out: AtomicU64::new(0),
             state: Mutex::new(State {
                 buf: Vec::new(),
                 pos: 0,
@@ -171,6 +184,7 @@ impl Conn {
                     since: Some(Instant::now()),
                 },
                 deadline,
+                drained: false,
             }),
         }
     }
@@ -183,19 +197,40 @@ impl Conn {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the connection for the calling thread; false if the sweeper closed it.
+    /// Takes the connection for the calling thread. False if the sweeper closed it, or if
+    /// another thread holds it: that thread is then told (`BUSY_PENDING`) to have the event
+    /// reported again when it lets go, so no readiness is lost.
     pub fn take(&self) -> bool {
         let mut current = self.timer.load(Ordering::Acquire);
         loop {
-            if current == CLOSED {
-                return false;
-            }
+            let (next, taken) = match current {
+                CLOSED => return false,
+                BUSY | BUSY_PENDING => (BUSY_PENDING, false),
+                _ => (BUSY, true),
+            };
             match self
                 .timer
-                .compare_exchange(current, BUSY, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return true,
+                Ok(_) => return taken,
                 Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Lets go of the connection until `deadline_ms`. True if an event came while it was held
+    /// (the caller must have epoll report the connection again).
+    pub fn release(&self, deadline_ms: u64) -> bool {
+        debug_assert!(deadline_ms > BUSY_PENDING && deadline_ms != CLOSED);
+        match self
+            .timer
+            .compare_exchange(BUSY, deadline_ms, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => false,
+            Err(_) => {
+                // BUSY_PENDING: only the holder moves the timer away from it.
+                self.timer.store(deadline_ms, Ordering::Release);
+                true
             }
         }
     }
@@ -204,7 +239,7 @@ impl Conn {
     /// held by a thread).
     pub fn claim_expired(&self, now_ms: u64, force: bool) -> bool {
         let t = self.timer.load(Ordering::Acquire);
-        let due = t != BUSY && t != CLOSED && (t <= now_ms || force);
+        let due = t > BUSY_PENDING && t != CLOSED && (t <= now_ms || force);
         due && self
             .timer
             .compare_exchange(t, CLOSED, Ordering::AcqRel, Ordering::Acquire)

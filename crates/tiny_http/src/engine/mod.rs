@@ -3,8 +3,9 @@
 //! The threads that call [`crate::Server::recv`] are the engine (leader/followers): each waits
 //! in `epoll_wait` for one event, accepts, or reads and parses the connection that fired, and
 //! returns the request to its caller, which answers it on the same thread. Connections are
-//! registered with `EPOLLONESHOT`, so exactly one thread holds a connection at a time, and it
-//! re-arms the connection when the response is out. A response the socket cannot take at once
+//! registered once, edge-triggered; an atomic on each connection makes sure exactly one thread
+//! holds it at a time, and an event that comes while it is held is reported again when the
+//! holder lets go. No `epoll_ctl` is needed between requests. A response the socket cannot take at once
 //! is parked in the connection and continued when epoll reports it writable; a sweeper thread
 //! closes connections whose deadline passed. See ENGINE.md.
 
@@ -12,6 +13,7 @@ mod body;
 pub(crate) mod conn;
 pub mod head;
 mod output;
+mod pollers;
 mod sys;
 
 use std::io;
@@ -53,6 +55,9 @@ pub struct Limits {
     pub max_discard_bytes: u64,
     /// How long a closing connection's late input is read and dropped.
     pub linger: Duration,
+    /// Threads that wait for events at the same time, more while handlers are slow (see
+    /// `engine/pollers.rs`); 0: the number of CPUs.
+    pub pollers: usize,
 }
 
 impl Default for Limits {
@@ -66,6 +71,7 @@ impl Default for Limits {
             max_headers: 100,
             max_discard_bytes: 64 * 1024,
             linger: Duration::from_secs(2),
+            pollers: 0,
         }
     }
 }
@@ -74,7 +80,7 @@ const LISTENER: u64 = u64::MAX;
 const WAKER: u64 = u64::MAX - 1;
 /// Bytes one event may push before the connection goes to the back of the queue.
 const PUSH_BUDGET: u64 = 4 << 20;
-const SWEEP_EVERY: Duration = Duration::from_millis(100);
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
 /// Unsent bytes a connection may queue in the kernel (see [`sys::set_notsent_lowat`]).
 const NOTSENT_LOWAT: u32 = 256 * 1024;
 
@@ -90,6 +96,7 @@ pub struct Engine {
     listener: Listener,
     waker: sys::EventFd,
     conns: Mutex<Slab>,
+    pollers: Arc<pollers::Pollers>,
     pub limits: Limits,
     clock: Instant,
     /// Stop accepting; close connections between requests.
@@ -111,6 +118,10 @@ impl Engine {
             listener,
             waker: sys::EventFd::new()?,
             conns: Mutex::new(Slab::default()),
+            pollers: pollers::Pollers::new(match limits.pollers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            }),
             limits,
             clock: Instant::now(),
             stopping: AtomicBool::new(false),
@@ -142,9 +153,13 @@ impl Engine {
     pub fn next(self: &Arc<Self>, timeout: Option<Duration>) -> io::Result<Option<Incoming>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut waited = false;
+        self.pollers.register();
         loop {
             if self.unblocked.load(Ordering::SeqCst) {
                 return Err(io::Error::other("thread unblocked"));
+            }
+            if self.pollers.crowded() && !self.pollers.park(deadline, &self.unblocked) {
+                return Ok(None);
             }
             let left = match deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
@@ -203,8 +218,8 @@ impl Engine {
     }
 
     fn millis(&self, at: Instant) -> u64 {
-        // Never BUSY (0): a deadline is at least 1 ms after the clock's start.
-        (at.saturating_duration_since(self.clock).as_millis() as u64).max(1)
+        // Never BUSY (0) or BUSY_PENDING (1): a deadline is at least 2 ms after the clock's start.
+        (at.saturating_duration_since(self.clock).as_millis() as u64).max(2)
     }
 
     fn warn_rarely(&self, message: std::fmt::Arguments<'_>) {
@@ -274,7 +289,7 @@ impl Engine {
         conn.timer.store(self.millis(deadline), Ordering::Release);
         let fd = conn.fd().as_raw_fd();
         slab.insert(conn);
-        if let Err(e) = self.epoll.add(fd, Interest::Read, token) {
+        if let Err(e) = self.epoll.add_connection(fd, token) {
             slab.remove(token);
             self.warn_rarely(format_args!("could not watch a new connection: {e}"));
         }
@@ -294,6 +309,8 @@ impl Engine {
                 None
             }
             Phase::Writing(output) => {
+                // The event may have been input too, which is not read now.
+                state.drained = false;
                 drop(state);
                 self.push(&conn, output);
                 None
@@ -322,6 +339,8 @@ impl Engine {
                         state.consume(head.len);
                         drop(state);
                         conn.idle.store(false, Ordering::SeqCst);
+                        conn.handed_out
+                            .store(self.millis(Instant::now()), Ordering::Relaxed);
                         self.in_flight.fetch_add(1, Ordering::SeqCst);
                         let body = Body::new(
                             head.framing,
@@ -367,9 +386,10 @@ impl Engine {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    state.drained = true;
                     let deadline = state.deadline;
                     drop(state);
-                    self.arm(conn, Interest::Read, deadline);
+                    self.release(conn, deadline, false);
                     return None;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -382,14 +402,17 @@ impl Engine {
         }
     }
 
-    /// Sets the deadline and hands the connection back to epoll. The caller must not touch the
-    /// connection afterwards: another thread may already hold it.
-    fn arm(&self, conn: &Conn, interest: Interest, deadline: Instant) {
-        conn.timer.store(self.millis(deadline), Ordering::Release);
-        if self
-            .epoll
-            .rearm(conn.fd().as_raw_fd(), interest, conn.token)
-            .is_err()
+    /// Sets the deadline and lets go of the connection; epoll reports it again if an event
+    /// came while it was held, or at once if `again` (input may be waiting unseen, or output
+    /// can go on). The caller must not touch the connection afterwards: another thread may
+    /// already hold it.
+    fn release(&self, conn: &Conn, deadline: Instant, again: bool) {
+        let missed = conn.release(self.millis(deadline));
+        if (missed || again)
+            && self
+                .epoll
+                .retrigger(conn.fd().as_raw_fd(), conn.token)
+                .is_err()
         {
             // Only if the sweeper closed it meanwhile, which removed it from epoll.
             log::debug!("re-arming a connection failed");
@@ -399,6 +422,7 @@ impl Engine {
     /// Finishes a request: drops what is left of its body if that is cheap, then writes the
     /// response as far as the socket takes it now and parks the rest.
     pub fn finish(self: &Arc<Self>, conn: &Arc<Conn>, body: &mut Body, mut output: Output) {
+        conn.handed_out.store(0, Ordering::Relaxed);
         if !body.is_done() && !body.discard_available(conn, self.limits.max_discard_bytes) {
             // The rest of the body may never come, or be huge: do not wait for it.
             output.keep_alive = false;
@@ -417,13 +441,15 @@ impl Engine {
                 drop(output);
                 self.after_response(conn, keep_alive);
             }
-            Ok(Progress::Blocked) => {
+            Ok(progress @ (Progress::Blocked | Progress::Yielded)) => {
                 let deadline = Instant::now() + self.limits.stall_timeout;
                 let mut state = conn.state();
                 state.phase = Phase::Writing(output);
                 state.deadline = deadline;
                 drop(state);
-                self.arm(conn, Interest::Write, deadline);
+                // Blocked: epoll reports the room when there is some. Yielded: there is room
+                // already, so the connection goes to the back of the queue.
+                self.release(conn, deadline, progress == Progress::Yielded);
             }
             Err(e) => {
                 output.complete(Err(e));
@@ -439,23 +465,20 @@ impl Engine {
         }
         let now = Instant::now();
         let mut state = conn.state();
-        let pipelined = !state.unread().is_empty();
-        let (since, deadline, interest) = if pipelined {
-            // The next request is already here: fire as soon as the socket can take its answer.
-            (
-                Some(now),
-                now + self.limits.header_timeout,
-                Interest::ReadOrWrite,
-            )
+        // With the next request buffered, or input the last read may have left in the socket,
+        // have epoll report the connection again at once (it is writable: the response is out).
+        let again = !state.unread().is_empty() || !state.drained;
+        let (since, deadline) = if again {
+            (Some(now), now + self.limits.header_timeout)
         } else {
             state.release_buffer();
-            (None, now + self.limits.idle_timeout, Interest::Read)
+            (None, now + self.limits.idle_timeout)
         };
         state.phase = Phase::Head { since };
         state.deadline = deadline;
         drop(state);
         conn.idle.store(true, Ordering::SeqCst);
-        self.arm(conn, interest, deadline);
+        self.release(conn, deadline, again);
     }
 
     /// Shuts our side down and drops the client's late input for a moment before closing, so
@@ -468,9 +491,10 @@ impl Engine {
         state.buf = Vec::new();
         state.pos = 0;
         state.deadline = deadline;
+        let again = !state.drained;
         drop(state);
         conn.idle.store(false, Ordering::SeqCst);
-        self.arm(conn, Interest::Read, deadline);
+        self.release(conn, deadline, again);
     }
 
     /// Drops what a closing connection's client still sends. It is closed when the client
@@ -478,22 +502,28 @@ impl Engine {
     /// and could destroy the response before the client has read it.
     fn drain_lingering(&self, conn: &Arc<Conn>) {
         let mut scratch = [0u8; 16 * 1024];
+        let mut drained = false;
         for _ in 0..8 {
             match sys::recv(conn.fd(), &mut scratch) {
                 Ok(0) => return self.close(conn),
                 Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return self.close(conn),
             }
         }
-        // More may come (or the 8 reads were not enough): wait again, up to the deadline.
+        // More may come (or the 8 reads were not enough: then come back after other work), up
+        // to the deadline.
         let deadline = conn.state().deadline;
-        self.arm(conn, Interest::Read, deadline);
+        self.release(conn, deadline, !drained);
     }
 
     /// Forgets the connection; its socket closes when the last reference goes.
     pub fn close(&self, conn: &Conn) {
+        conn.handed_out.store(0, Ordering::Relaxed);
         let removed = self.slab().remove(conn.token);
         let _ = self.epoll.delete(conn.fd().as_raw_fd());
         sys::shutdown(conn.fd(), libc::SHUT_RDWR);
@@ -502,6 +532,7 @@ impl Engine {
 
     /// A connection leaves the engine for good ([`crate::Request::upgrade`]).
     pub fn detach(&self, conn: &Conn) {
+        conn.handed_out.store(0, Ordering::Relaxed);
         self.slab().remove(conn.token);
         let _ = self.epoll.delete(conn.fd().as_raw_fd());
     }
@@ -513,12 +544,19 @@ impl Engine {
         }
         let now = self.millis(Instant::now());
         let stopping = self.stopping.load(Ordering::SeqCst);
+        let stuck_since = now.saturating_sub(pollers::STUCK_AFTER.as_millis() as u64);
+        let mut stuck = 0;
         let expired: Vec<Arc<Conn>> = self
             .slab()
             .iter()
+            .inspect(|c| {
+                let handed_out = c.handed_out.load(Ordering::Relaxed);
+                stuck += usize::from(handed_out != 0 && handed_out <= stuck_since);
+            })
             .filter(|c| c.claim_expired(now, stopping && c.idle.load(Ordering::SeqCst)))
             .cloned()
             .collect();
+        self.pollers.set_stuck(stuck);
         for conn in expired {
             let parked = std::mem::replace(&mut conn.state().phase, Phase::Lingering);
             if let Phase::Writing(mut output) = parked {
@@ -538,6 +576,7 @@ impl Engine {
     /// Makes every `recv` return an error, now and from now on.
     pub fn unblock(&self) {
         self.unblocked.store(true, Ordering::SeqCst);
+        self.pollers.wake_all();
         self.waker.signal();
     }
 }

@@ -40,10 +40,13 @@ pub struct Output {
 }
 
 /// How far a push got.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
     Done,
-    /// The socket is full (or the budget is spent): continue when it is writable.
+    /// The socket is full: continue when it is writable.
     Blocked,
+    /// The budget is spent while the socket could take more: continue after other work.
+    Yielded,
 }
 
 impl Output {
@@ -120,7 +123,7 @@ impl Output {
                 break;
             }
             if self.written - start >= budget {
-                return Ok(Progress::Blocked);
+                return Ok(Progress::Yielded);
             }
             let want = usize::try_from(*left)
                 .unwrap_or(usize::MAX)
@@ -153,6 +156,7 @@ impl Output {
         loop {
             match self.push(socket, u64::MAX)? {
                 Progress::Done => return Ok(()),
+                Progress::Yielded => {}
                 Progress::Blocked => {
                     if !sys::wait_for(socket, true, stall)? {
                         return Err(stalled(stall));

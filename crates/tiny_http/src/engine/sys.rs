@@ -27,32 +27,28 @@ fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
 /// An epoll instance.
 pub struct Epoll(OwnedFd);
 
-/// What a registration waits for.
+/// What the listener's one-shot registration waits for.
 #[derive(Clone, Copy)]
 pub enum Interest {
-    /// Readable (or closed by the peer).
+    /// Readable: a connection to accept.
     Read,
-    /// Writable; used to continue a response the socket could not take at once.
-    Write,
-    /// Either; with data already buffered this fires at once if the socket can take a response.
-    ReadOrWrite,
 }
 
 impl Interest {
     fn bits(self) -> u32 {
-        let oneshot = libc::EPOLLONESHOT as u32;
-        // EPOLLRDHUP only where a read follows: a client that half-closes while still reading
-        // its response would otherwise wake a writer that has nothing new to do, again and again.
-        let read = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
-        let write = libc::EPOLLOUT as u32;
-        oneshot
-            | match self {
-                Interest::Read => read,
-                Interest::Write => write,
-                Interest::ReadOrWrite => read | write,
-            }
+        match self {
+            Interest::Read => (libc::EPOLLONESHOT | libc::EPOLLIN) as u32,
+        }
     }
 }
+
+/// A connection's registration: input, room for output, and the peer's close, reported once
+/// per change (edge-triggered). No `epoll_ctl` is needed between requests; [`Conn::take`]
+/// makes sure one thread at a time handles a connection.
+///
+/// [`Conn::take`]: super::conn::Conn::take
+const CONNECTION_EVENTS: u32 =
+    (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
 
 impl Epoll {
     pub fn new() -> io::Result<Epoll> {
@@ -70,14 +66,25 @@ impl Epoll {
         check(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut event) }).map(|_| ())
     }
 
-    /// Registers `fd` for one event (`EPOLLONESHOT`): after it fires, only [`Epoll::rearm`]
-    /// makes it fire again, so exactly one thread handles a connection at a time.
+    /// Registers the listener for one event (`EPOLLONESHOT`): after it fires, only
+    /// [`Epoll::rearm`] makes it fire again, so one thread at a time accepts.
     pub fn add(&self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, interest.bits(), token)
     }
 
     pub fn rearm(&self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_MOD, fd, interest.bits(), token)
+    }
+
+    /// Registers a connection (see [`CONNECTION_EVENTS`]).
+    pub fn add_connection(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, CONNECTION_EVENTS, token)
+    }
+
+    /// Has epoll report a connection again if it is readable or writable now: modifying a
+    /// registration re-checks the socket and queues an event for what is ready.
+    pub fn retrigger(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, CONNECTION_EVENTS, token)
     }
 
     /// Registers `fd` level-triggered without one-shot (the wake-up eventfd).

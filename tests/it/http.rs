@@ -1,13 +1,11 @@
 //! HTTP-level tests against the real binary on a free port: routes, headers, ranges,
 //! conditional requests, hostile paths, freshness of the index, CLI errors and shutdown.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 /// The hash part and NAR URL of one narinfo in `cache`.
 fn first_narinfo(cache: &Path) -> (String, String, String) {
@@ -75,8 +73,9 @@ fn a_linked_nix_cache_info_is_not_followed() {
         text,
         "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
     );
+    // The log comes through a pipe: it may trail the server's readiness a little.
     assert!(
-        server.log().contains("a symbolic link, not followed"),
+        server.wait_for_log("a symbolic link, not followed", Duration::from_secs(5)),
         "{}",
         server.log()
     );
@@ -344,7 +343,7 @@ fn index_follows_the_disk_without_waiting_for_a_rescan() {
     .unwrap();
     let server = Server::start(root, &["--rescan-interval", "3600"]);
     assert!(
-        server.log().contains("indexed 2 narinfo files"),
+        server.wait_for_log("indexed 2 narinfo files", Duration::from_secs(5)),
         "{}",
         server.log()
     );
@@ -358,7 +357,7 @@ fn index_follows_the_disk_without_waiting_for_a_rescan() {
     let path = format!("/{hash}.narinfo");
     assert_eq!(server.get(&path).status, 404);
     // Appears on disk (as `nix copy --to file://` does, by rename): served as soon as the watch
-    // reports it, long before any rescan (tests/index_watch.rs holds it to 100 ms).
+    // reports it, long before any rescan (tests/it/index_watch.rs holds it to 100 ms).
     std::fs::rename(moved.path().join("x"), root.join(format!("{hash}.narinfo"))).unwrap();
     let appeared = Instant::now();
     let r = loop {
@@ -731,16 +730,23 @@ fn socket_activation_and_readiness_notification() {
     }
     let mut child = cmd.spawn().unwrap();
     let mut buf = [0u8; 256];
-    let Ok(n) = notify.recv(&mut buf) else {
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        panic!(
-            "no READY=1; stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let mut next = |what: &str| match notify.recv(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(e) => {
+            let _ = child.kill();
+            panic!("no {what} ({e})");
+        }
     };
-    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    // First the addresses served, both passed sockets in order; then READY=1 once every
+    // narinfo is listed, and X_INDEXED=1 once every one is read.
+    let listen = next("X_LISTEN=");
+    assert_eq!(
+        listen,
+        format!("X_LISTEN=127.0.0.1:{} 127.0.0.1:{}", ports[0], ports[1])
+    );
+    let msg = next("READY=1");
     assert!(msg.starts_with("READY=1\n"), "{msg}");
+    assert_eq!(next("X_INDEXED=1"), "X_INDEXED=1");
     drop(listeners); // Only the child's copies remain.
     for port in ports {
         assert_eq!(request(port, "GET", "/nix-cache-info", &[]).status, 200);

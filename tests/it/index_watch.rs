@@ -3,14 +3,11 @@
 //! within 100 ms, from memory, under `--watch inotify`; `--watch poll` looks at the disk.
 //! The inotify queue overflow is tested in `src/watch.rs` (an injected overflow event).
 
-mod common;
-
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 /// The longest a change on disk may take to reach the answers.
 const WITHIN: Duration = Duration::from_millis(100);
@@ -80,30 +77,10 @@ fn lag_after_change(
 }
 
 fn nix_copy(from: &str, to: &Path, paths: &[&str]) {
-    let home = TempDir::new("nix-home");
-    std::fs::create_dir_all(home.path().join("conf")).unwrap();
-    std::fs::write(
-        home.path().join("conf/nix.conf"),
-        "experimental-features = nix-command\nsubstituters =\n",
-    )
-    .unwrap();
-    let out = Command::new("nix")
-        .args(["copy", "--no-check-sigs", "--from", from, "--to"])
-        .arg(format!("file://{}", to.display()))
-        .args(paths)
-        .env("NIX_CONF_DIR", home.path().join("conf"))
-        .env("XDG_CACHE_HOME", home.path().join("cache"))
-        .env("HOME", home.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect(
-            "the real Nix client is required: install Debian's nix-bin (`make test` does as root)",
-        );
-    assert!(
-        out.status.success(),
-        "nix copy failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let to = format!("file://{}", to.display());
+    let mut args = vec!["copy", "--no-check-sigs", "--from", from, "--to", &to];
+    args.extend_from_slice(paths);
+    Nix::new(Client::V2_8).ok(&args);
 }
 
 fn hash_of(store_path: &str) -> String {

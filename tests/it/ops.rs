@@ -1,14 +1,12 @@
 //! The operator commands as a library: `verify` on clean and deliberately broken caches, and
 //! `gc` plans and deletions, always checked to leave a cache that verifies clean.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs::{File, FileTimes};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use common::{BIN, Server, TempDir, copy_fixture, fixtures, manifest};
+use crate::support::{BIN, Server, TempDir, copy_fixture, fixtures, manifest};
 use nix_binary_cache::ops::gc::{self, GcPolicy, Reason};
 use nix_binary_cache::ops::verify::{Problem, Progress, Report, VerifyOptions, verify};
 
@@ -852,7 +850,7 @@ fn landing_page_trusts_proxy_headers_only_when_told_and_flags_an_unsigned_cache(
     ];
     let root = fixtures().join("cache-xz");
     let plain = Server::start(&root, &[]);
-    let page = common::request(plain.port, "GET", "/", &forwarded).text();
+    let page = crate::support::request(plain.port, "GET", "/", &forwarded).text();
     assert!(
         page.contains("substituters = http://10.0.0.5:8080 "),
         "{page}"
@@ -867,7 +865,7 @@ fn landing_page_trusts_proxy_headers_only_when_told_and_flags_an_unsigned_cache(
         &root,
         &["--trust-proxy-headers", "--sign-key", key.to_str().unwrap()],
     );
-    let page = common::request(behind_proxy.port, "GET", "/", &forwarded).text();
+    let page = crate::support::request(behind_proxy.port, "GET", "/", &forwarded).text();
     assert!(
         page.contains("substituters = https://cache.example.org "),
         "{page}"

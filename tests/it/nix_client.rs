@@ -4,53 +4,11 @@
 //! newer clients do run with 2.35. They never skip: a missing client fails and says what to
 //! install (`make test` installs both).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
-
-const CONF: &str = "experimental-features = nix-command\nsandbox = false\nbuild-users-group =\n\
-substituters =\nnarinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\n";
-
-/// What Nix 2.35 needs on top of [`CONF`] to build without a daemon (see
-/// ../shared/nix-2.35/README.md), plus content-addressed derivations for the tests of them.
-const CONF_2_35: &str = "experimental-features = nix-command ca-derivations\n\
-filter-syscalls = false\nsandbox-paths = /bin /lib /lib64 /usr\n";
-
-/// The two client versions every common test runs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Client {
-    /// Debian's nix-bin: requests unescaped, uploads one path after another, plain metadata.
-    V2_8,
-    /// Percent-encoded paths, compressed metadata, parallel uploads, build-trace-v2, 401 fatal.
-    V2_35,
-}
-
-impl Client {
-    fn program(self, name: &str) -> PathBuf {
-        match self {
-            Client::V2_8 => PathBuf::from(name),
-            Client::V2_35 => Path::new("/opt/nix-2.35/bin").join(name),
-        }
-    }
-
-    fn want_version(self) -> &'static str {
-        match self {
-            Client::V2_8 => "2.8.",
-            Client::V2_35 => "2.35.",
-        }
-    }
-
-    fn install_hint(self) -> &'static str {
-        match self {
-            Client::V2_8 => "install Debian's nix-bin (`apt-get install -y nix-bin`, as root)",
-            Client::V2_35 => "run ../shared/nix-2.35/install.sh as root",
-        }
-    }
-}
+use crate::support::*;
 
 /// Runs `$body(client)` as two tests, `$name::nix_2_8` and `$name::nix_2_35`.
 macro_rules! both_clients {
@@ -80,75 +38,6 @@ both_clients!(
     push_with_a_wrong_token_fails_and_changes_nothing,
     two_concurrent_pushes_of_the_same_closure_both_succeed,
 );
-
-/// A Nix client with its own config, its own narinfo cache (so no answer is remembered
-/// from another test) and, for 2.35, its own store (2.8 uses the machine's /nix/store; the two
-/// versions' database schemas differ).
-struct Nix {
-    client: Client,
-    home: TempDir,
-}
-
-impl Nix {
-    fn new(client: Client) -> Nix {
-        let found = Command::new(client.program("nix"))
-            .arg("--version")
-            .output();
-        match found {
-            Ok(out)
-                if out.status.success()
-                    && String::from_utf8_lossy(&out.stdout).contains(client.want_version()) => {}
-            other => panic!(
-                "the real Nix client {client:?} is required ({other:?}): {}, or run \
-                 `make test`, which does",
-                client.install_hint()
-            ),
-        }
-        let home = TempDir::new("nix");
-        std::fs::create_dir_all(home.path().join("conf")).unwrap();
-        let mut conf = CONF.to_string();
-        if client == Client::V2_35 {
-            conf.push_str(CONF_2_35);
-            conf.push_str(&format!(
-                "store = local?root={}\n",
-                home.path().join("root").display()
-            ));
-        }
-        std::fs::write(home.path().join("conf/nix.conf"), conf).unwrap();
-        Nix { client, home }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(self.client.program("nix"));
-        cmd.args(args)
-            .env("NIX_CONF_DIR", self.home.path().join("conf"))
-            .env("XDG_CACHE_HOME", self.home.path().join("cache"))
-            .env("HOME", self.home.path())
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// Runs nix and returns its output, whatever the exit status.
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run nix")
-    }
-
-    /// Runs nix, failing the test with nix's stderr if it fails; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "nix {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// A fresh chroot store to copy into.
-    fn store(&self, name: &str) -> PathBuf {
-        self.home.path().join(name)
-    }
-}
 
 fn closure() -> Vec<String> {
     manifest()["CLOSURE"]
@@ -233,7 +122,7 @@ fn store_ls_and_cat_over_http(client: Client) {
             !text.is_empty() && on_disk.contains(text.trim()),
             "{cache}: {text:?}"
         );
-        // Nix 2.8 reads the NAR for `ls` even when a .ls listing exists (served, see tests/http.rs).
+        // Nix 2.8 reads the NAR for `ls` even when a .ls listing exists (served, see tests/it/http.rs).
     }
 }
 
@@ -352,16 +241,22 @@ fn path_copied_in_while_running_is_visible_within_a_second(client: Client) {
 }
 
 /// The `embed` example: the cache mounted at /cache inside another tiny_http application.
-struct Embedded(Child, u16);
+struct Embedded {
+    child: Child,
+    port: u16,
+    /// Held while it runs, like a [`Server`]'s (see `support::turns`).
+    _turn: Turn,
+}
 
 impl Drop for Embedded {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 fn start_embed_example(root: &Path) -> Embedded {
+    let turn = shared_turn();
     // A crate of its own on crates.io's tiny_http (examples/embed), built by `make build`.
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/embed/debug/embed");
     assert!(
@@ -386,25 +281,29 @@ fn start_embed_example(root: &Path) -> Embedded {
         assert!(Instant::now() < end, "embed example did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Embedded(child, port)
+    Embedded {
+        child,
+        port,
+        _turn: turn,
+    }
 }
 
 fn cache_mounted_under_a_prefix_in_another_application(client: Client) {
     let nix = Nix::new(client);
     let m = manifest();
     let app = start_embed_example(&fixtures().join("cache-zstd"));
-    let hello = request(app.1, "GET", "/hello", &[]);
+    let hello = request(app.port, "GET", "/hello", &[]);
     assert_eq!(
         (hello.status, hello.text().as_str()),
         (200, "hello from the host application\n")
     );
     assert_eq!(
-        request(app.1, "GET", "/nix-cache-info", &[]).status,
+        request(app.port, "GET", "/nix-cache-info", &[]).status,
         404,
         "only below /cache"
     );
 
-    let url = format!("http://127.0.0.1:{}/cache", app.1);
+    let url = format!("http://127.0.0.1:{}/cache", app.port);
     let store = nix.store("embedded");
     nix.ok(&[
         "copy",

@@ -1,12 +1,10 @@
 //! Uploads and signing at the HTTP level: authentication, validation, limits, crashes.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 const TOKEN: &str = "test-token-1";
 
@@ -159,7 +157,10 @@ fn limits_size_and_concurrency() {
     let mut slow = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     write!(slow, "PUT {slow_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n", bearer(), small.len()).unwrap();
     slow.write_all(&small[..100]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        eventually(Duration::from_secs(10), || upload_in_progress(dir.path())),
+        "the first upload never took the place"
+    );
     // A second upload waits for the place instead of getting 503 (Lix never retries a PUT).
     let other = vec![2u8; 32 << 10];
     let other_path = format!("/nar/{}.nar", nix32_sha256(&other));
@@ -419,7 +420,10 @@ fn client_gone_mid_upload_leaves_nothing_visible() {
         )
         .unwrap();
         s.write_all(&body[..300_000]).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        // Dropped once the server is writing it.
+        assert!(eventually(Duration::from_secs(10), || upload_in_progress(
+            dir.path()
+        )));
     } // Dropped: the connection closes half-way.
     assert!(
         server.wait_for_log("upload of", Duration::from_secs(5)),
@@ -458,7 +462,7 @@ fn killed_mid_upload(path: &str, body: &[u8], prepare: impl Fn(&std::path::Path)
     )
     .unwrap();
     s.write_all(&body[..500_000]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    eventually(Duration::from_secs(10), || upload_in_progress(dir.path()));
     server.child.kill().unwrap(); // SIGKILL: no cleanup of its own.
     server.child.wait().unwrap();
     let during = listing(dir.path());
@@ -477,7 +481,7 @@ fn killed_mid_upload(path: &str, body: &[u8], prepare: impl Fn(&std::path::Path)
         &["--upload-token-file", tokens.to_str().unwrap()],
     );
     assert!(
-        restarted.log().contains("removed stale upload temporary"),
+        restarted.wait_for_log("removed stale upload temporary", Duration::from_secs(5)),
         "{}",
         restarted.log()
     );
@@ -495,9 +499,10 @@ fn signing_adds_one_signature_per_key() {
         &["--sign-key", key.to_str().unwrap()],
     );
     assert!(
-        server
-            .log()
-            .contains(&format!("trusted-public-keys = {}", m["PUBLIC_KEY"])),
+        server.wait_for_log(
+            &format!("trusted-public-keys = {}", m["PUBLIC_KEY"]),
+            Duration::from_secs(5)
+        ),
         "{}",
         server.log()
     );
@@ -631,7 +636,7 @@ fn named_tokens_are_logged_and_counted_and_sighup_reloads_them() {
 
     // SIGHUP: the new file replaces the old tokens; the server keeps running.
     std::fs::write(&tokens, "deploy:secret-of-deploy\n").unwrap();
-    server.signal("HUP");
+    server.reload();
     assert!(
         server.wait_for_log("1 upload tokens loaded", Duration::from_secs(10)),
         "{}",
@@ -650,7 +655,7 @@ fn named_tokens_are_logged_and_counted_and_sighup_reloads_them() {
 
     // A broken file keeps the previous set, and the log says why.
     std::fs::write(&tokens, "# emptied by mistake\n").unwrap();
-    server.signal("HUP");
+    server.reload();
     assert!(
         server.wait_for_log(
             "keeping the previous upload tokens",
@@ -684,7 +689,7 @@ fn sighup_reloads_the_signing_keys() {
     assert!(server.get(&path).text().contains("Sig: test-cache-1:"));
     // A broken key file: the old key stays.
     std::fs::write(&key, "not a key\n").unwrap();
-    server.signal("HUP");
+    server.reload();
     assert!(
         server.wait_for_log("keeping the previous signing keys", Duration::from_secs(10)),
         "{}",
@@ -703,7 +708,7 @@ fn sighup_reloads_the_signing_keys() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    server.signal("HUP");
+    server.reload();
     assert!(
         server.wait_for_log("signing keys reloaded", Duration::from_secs(10)),
         "{}",
@@ -749,29 +754,11 @@ fn uploads_are_world_readable_under_the_units_umask() {
     assert_eq!(mode("log"), 0o755);
 }
 
-/// The real Nix client (Debian's nix-bin), with its own configuration and caches.
-fn nix(home: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::fs::create_dir_all(home.join("conf")).unwrap();
-    std::fs::write(
-        home.join("conf/nix.conf"),
-        "experimental-features = nix-command\nsubstituters =\n\
-         narinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\n",
-    )
-    .unwrap();
-    std::process::Command::new("nix")
-        .args(args)
-        .env("NIX_CONF_DIR", home.join("conf"))
-        .env("XDG_CACHE_HOME", home.join("cache"))
-        .env("HOME", home)
-        .output()
-        .expect("the real Nix client is required: apt-get install nix-bin (make test does)")
-}
-
 #[test]
 fn nix_store_sign_over_http_adds_a_signature() {
     let (dir, secrets, server) = upload_server("cache-xz", &["--rescan-interval", "3600"]);
     let (unsigned, path) = top_narinfo(dir.path());
-    let home = TempDir::new("nix-sign");
+    let nix = Nix::new(Client::V2_8);
     let netrc = secrets.path().join("netrc");
     std::fs::write(
         &netrc,
@@ -779,20 +766,17 @@ fn nix_store_sign_over_http_adds_a_signature() {
     )
     .unwrap();
     let key = fixtures().join("keys/test-key.sec");
-    let out = nix(
-        home.path(),
-        &[
-            "store",
-            "sign",
-            "--netrc-file",
-            netrc.to_str().unwrap(),
-            "--store",
-            &server.url(),
-            "--key-file",
-            key.to_str().unwrap(),
-            &manifest()["TOP"],
-        ],
-    );
+    let out = nix.run(&[
+        "store",
+        "sign",
+        "--netrc-file",
+        netrc.to_str().unwrap(),
+        "--store",
+        &server.url(),
+        "--key-file",
+        key.to_str().unwrap(),
+        &manifest()["TOP"],
+    ]);
     assert!(
         out.status.success(),
         "nix store sign: {}",
@@ -804,19 +788,16 @@ fn nix_store_sign_over_http_adds_a_signature() {
     assert_eq!(server.get(&path).text(), signed);
     assert_eq!(top_narinfo(dir.path()).0, signed);
     // Nix now trusts the path with the key.
-    let out = nix(
-        home.path(),
-        &[
-            "store",
-            "verify",
-            "--no-contents",
-            "--store",
-            &server.url(),
-            "--trusted-public-keys",
-            &manifest()["PUBLIC_KEY"],
-            &manifest()["TOP"],
-        ],
-    );
+    let out = nix.run(&[
+        "store",
+        "verify",
+        "--no-contents",
+        "--store",
+        &server.url(),
+        "--trusted-public-keys",
+        &manifest()["PUBLIC_KEY"],
+        &manifest()["TOP"],
+    ]);
     assert!(
         out.status.success(),
         "nix store verify: {}",
@@ -854,7 +835,10 @@ fn an_upload_waits_for_a_place_longer_than_the_stall_timeout() {
     let mut slow = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     write!(slow, "PUT {holder_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n", bearer(), holder.len()).unwrap();
     slow.write_all(&holder[..1000]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        eventually(Duration::from_secs(10), || upload_in_progress(dir.path())),
+        "the holder never took the place"
+    );
 
     let queued_body = vec![6u8; 32 << 10];
     let queued_path = format!("/nar/{}.nar", nix32_sha256(&queued_body));

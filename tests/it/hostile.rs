@@ -4,16 +4,14 @@
 //! sockets on loopback.
 //!
 //! Time bounds are generous (a loaded 2-core machine) but each one is far below what the old
-//! layer took. The tests with thousands of connections take turns.
-
-mod common;
+//! layer took. The tests with thousands of connections run alone (`support::turns`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 const TOKEN: &str = "hostile-token";
 
@@ -844,7 +842,10 @@ fn a_stalled_upload_releases_its_slot_at_the_stall_timeout() {
         "1".repeat(52)
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        eventually(Duration::from_secs(10), || upload_in_progress(dir.path())),
+        "the first upload never took the place"
+    );
     let start = Instant::now();
     let nar = b"the second upload".to_vec();
     let path = format!("/nar/{}.nar", nix32_sha256(&nar));

@@ -2,11 +2,9 @@
 //! a hundred clients that read a large NAR at about 1 KB/s must not delay a fresh client's
 //! narinfo request, and the timeouts must close what they hold.
 //!
-//! The two tests take turns (they would load the same two cores) and need ~1,100 descriptors,
-//! so the test raises its own open-file limit. Figures are printed to stderr
-//! (`cargo test --test slow_clients -- --nocapture` shows them).
-
-mod common;
+//! These tests run alone (`support::turns`: they would load the same two cores) and need ~1,100
+//! descriptors, so the test raises its own open-file limit. Figures are printed to stderr
+//! (`cargo test --test it slow_clients:: -- --nocapture` shows them).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -16,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 const SLOWLORIS: usize = 1000;
 const SLOW_READERS: usize = 100;

@@ -1,11 +1,9 @@
 //! Faults under a running server: a full disk during uploads, the cache directory replaced or
 //! removed, files damaged after they were indexed or while they are being sent.
 //!
-//! (A server killed mid-upload and restarted is `tests/upload.rs`,
+//! (A server killed mid-upload and restarted is `tests/it/upload.rs`,
 //! `killed_mid_upload_then_restarted_cleans_temporaries`; a narinfo removed or rewritten after
-//! indexing is `tests/http.rs`, `index_follows_the_disk_without_waiting_for_a_rescan`.)
-
-mod common;
+//! indexing is `tests/it/http.rs`, `index_follows_the_disk_without_waiting_for_a_rescan`.)
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -13,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 const TOKEN: &str = "test-token-1";
 
@@ -533,7 +531,13 @@ fn running_out_of_descriptors_does_not_stop_accepting() {
     let mut open: Vec<TcpStream> = (0..40)
         .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // All 40 accepted (the metrics request is the 41st connection).
+    assert!(
+        eventually(Duration::from_secs(10), || server
+            .metric("nbc_connections_open")
+            >= 41.0),
+        "the 40 connections were not all accepted"
+    );
     let fds = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
         .unwrap()
         .count();
@@ -543,10 +547,13 @@ fn running_out_of_descriptors_does_not_stop_accepting() {
     );
     // Now past the limit: accept(2) fails with EMFILE while these are open.
     open.extend((0..60).filter_map(|_| TcpStream::connect(("127.0.0.1", server.port)).ok()));
-    std::thread::sleep(Duration::from_millis(500));
-    let fds = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
-        .unwrap()
-        .count();
+    let fds_in_use = || {
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .unwrap()
+            .count()
+    };
+    eventually(Duration::from_secs(10), || fds_in_use() >= 60);
+    let fds = fds_in_use();
     assert!(
         fds >= 60,
         "only {fds} descriptors in use: the limit was not reached"
