@@ -65,19 +65,22 @@ pub fn send_logged(
     });
 }
 
-/// How a request wants its connection handled after this response.
+/// How a request wants its connection handled after this response: every `Connection` header
+/// counts (as the engine decides it), token by token, without copying them.
 pub fn wants_close(request: &Request) -> bool {
-    let connection = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Connection"))
-        .map(|h| h.value.as_str().to_ascii_lowercase());
-    let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
-    match connection {
-        Some(v) if v.contains("close") => true,
-        Some(v) => http10 && !v.contains("keep-alive"),
-        None => http10,
+    let tokens = || {
+        request
+            .headers()
+            .iter()
+            .filter(|h| h.field.equiv("Connection"))
+            .flat_map(|h| h.value.as_str().split(','))
+            .map(str::trim)
+    };
+    if tokens().any(|t| t.eq_ignore_ascii_case("close")) {
+        return true;
     }
+    request.http_version() == &tiny_http::HTTPVersion(1, 0)
+        && !tokens().any(|t| t.eq_ignore_ascii_case("keep-alive"))
 }
 
 /// Writes `response` for `request` and calls `done` with the outcome. `close` adds

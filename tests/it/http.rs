@@ -426,6 +426,16 @@ fn keep_alive_and_pipelining_answer_in_order() {
     let replies = parse_replies(&out, false);
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].header("Connection"), Some("close"));
+
+    // `close` in a second Connection header counts too (the first one said keep-alive): the
+    // answer says so, and the connection is closed after it.
+    let out = raw_exchange(
+        server.port,
+        b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+    );
+    let replies = parse_replies(&out, false);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].header("Connection"), Some("close"));
 }
 
 /// A burst of keep-alive connections opened at once must all be answered while every one of
