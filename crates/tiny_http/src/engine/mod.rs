@@ -16,6 +16,7 @@ mod output;
 mod pollers;
 mod sys;
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -78,6 +79,9 @@ impl Default for Limits {
 
 const LISTENER: u64 = u64::MAX;
 const WAKER: u64 = u64::MAX - 1;
+const KICK: u64 = u64::MAX - 2;
+/// Events one `epoll_wait` takes at most; all but the first go to the shared queue.
+const BATCH: usize = 16;
 /// Bytes one event may push before the connection goes to the back of the queue.
 const PUSH_BUDGET: u64 = 4 << 20;
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
@@ -95,6 +99,13 @@ pub struct Engine {
     epoll: sys::Epoll,
     listener: Listener,
     waker: sys::EventFd,
+    /// Signalled to wake one waiting thread for events left in `ready`.
+    kick: sys::EventFd,
+    /// Events taken from epoll by a thread busy with the first of its batch, for any thread.
+    ready: Mutex<VecDeque<u64>>,
+    ready_len: AtomicUsize,
+    /// Threads blocked in `epoll_wait`.
+    waiting: AtomicUsize,
     conns: Mutex<Slab>,
     pollers: Arc<pollers::Pollers>,
     pub limits: Limits,
@@ -117,6 +128,10 @@ impl Engine {
             epoll: sys::Epoll::new()?,
             listener,
             waker: sys::EventFd::new()?,
+            kick: sys::EventFd::new()?,
+            ready: Mutex::new(VecDeque::with_capacity(64)),
+            ready_len: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             conns: Mutex::new(Slab::default()),
             pollers: pollers::Pollers::new(match limits.pollers {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -134,6 +149,7 @@ impl Engine {
             .epoll
             .add(engine.listener.raw_fd(), Interest::Read, LISTENER)?;
         engine.epoll.add_level(engine.waker.fd(), WAKER)?;
+        engine.epoll.add_edge(engine.kick.fd(), KICK)?;
         let weak = Arc::downgrade(&engine);
         std::thread::Builder::new()
             .name("http-sweeper".into())
@@ -171,11 +187,13 @@ impl Engine {
                 None => None,
             };
             waited = true;
-            let mut tokens = [0u64; 1];
-            if self.epoll.wait(&mut tokens, left)? == 0 {
-                continue;
-            }
-            let token = tokens[0];
+            let token = match self.take_ready() {
+                Some(token) => token,
+                None => match self.wait_for_events(left)? {
+                    Some(token) => token,
+                    None => continue,
+                },
+            };
             match token {
                 LISTENER => {
                     self.contained(token, |e| {
@@ -183,7 +201,7 @@ impl Engine {
                         None
                     });
                 }
-                WAKER => {}
+                WAKER | KICK => {}
                 token => {
                     if let Some(incoming) = self.contained(token, |e| e.on_event(token)) {
                         return Ok(Some(incoming));
@@ -191,6 +209,45 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// An event another thread took from epoll and left for anyone.
+    fn take_ready(&self) -> Option<u64> {
+        if self.ready_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let token = ready.pop_front();
+        self.ready_len.store(ready.len(), Ordering::Release);
+        token
+    }
+
+    /// Waits for events and returns the first; the rest of the batch goes to the shared
+    /// queue, with a waiting thread woken for it, so that none waits behind this thread's
+    /// request. Taking many events per call saves `epoll_wait`s under load.
+    fn wait_for_events(&self, timeout: Option<Duration>) -> io::Result<Option<u64>> {
+        let mut tokens = [0u64; BATCH];
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        // Events queued after our last look, by a thread that saw nobody waiting yet: take
+        // them instead of sleeping (its store and our count are both SeqCst, so one of us
+        // sees the other).
+        if self.ready_len.load(Ordering::SeqCst) > 0 {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Ok(None);
+        }
+        let n = self.epoll.wait(&mut tokens, timeout);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let n = n?;
+        if n > 1 {
+            let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+            ready.extend(&tokens[1..n]);
+            self.ready_len.store(ready.len(), Ordering::SeqCst);
+            drop(ready);
+            if self.waiting.load(Ordering::SeqCst) > 0 {
+                self.kick.signal();
+            }
+        }
+        Ok((n > 0).then_some(tokens[0]))
     }
 
     /// Runs an event handler; a panic in it closes that connection instead of the thread.

@@ -92,6 +92,17 @@ impl Epoll {
         self.ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, token)
     }
 
+    /// Registers `fd` edge-triggered for input: each signal of an eventfd wakes one waiter,
+    /// and nobody needs to read the counter back.
+    pub fn add_edge(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(
+            libc::EPOLL_CTL_ADD,
+            fd,
+            (libc::EPOLLIN | libc::EPOLLET) as u32,
+            token,
+        )
+    }
+
     pub fn delete(&self, fd: RawFd) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
     }
