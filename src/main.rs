@@ -11,6 +11,7 @@ use cli::Error;
 use nix_binary_cache::nix::signing::{KeyError, SigningKey};
 use nix_binary_cache::os::{SIGHUP, StopSignals};
 use nix_binary_cache::server::{self, PoolConfig};
+use nix_binary_cache::store;
 use nix_binary_cache::{Cache, Config, Mount, Tokens, UploadConfig};
 
 fn main() -> ExitCode {
@@ -341,7 +342,7 @@ fn listeners(options: &cli::Options) -> Result<Listeners, Error> {
 fn load_keys(files: &[std::path::PathBuf]) -> Result<Vec<SigningKey>, KeyError> {
     let mut keys = Vec::new();
     for file in files {
-        let key = SigningKey::from_file(file)?;
+        let key = store::keys::read_signing_key(file)?;
         log::info!(
             "signing narinfos with {}; clients need: trusted-public-keys = {}",
             file.display(),

@@ -9,6 +9,7 @@ pub(crate) mod encoding;
 pub(crate) mod files;
 pub(crate) mod immutable;
 pub(crate) mod index;
+pub mod keys;
 pub(crate) mod scan;
 pub mod served_times;
 pub(crate) mod tempfile;

@@ -2,8 +2,7 @@
 //! write (`name:base64`), and why one cannot be used.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -21,9 +20,9 @@ pub(super) const BASE64: GeneralPurpose = GeneralPurpose::new(
 const SECRET_LEN: usize = 64;
 const PUBLIC_LEN: usize = 32;
 
-/// Key files are one short line; reading stops here so that a wrong path (a log, `/dev/zero`)
-/// fails quickly instead of filling memory.
-const MAX_KEY_FILE_LEN: u64 = 4096;
+/// Key files are one short line; whoever reads one stops after this many bytes plus one, so that
+/// a wrong path (a log, `/dev/zero`) fails quickly instead of filling memory.
+pub const MAX_KEY_FILE_LEN: u64 = 4096;
 
 /// A secret key that signs narinfos, with the name that goes in front of every signature.
 #[derive(Clone)]
@@ -38,10 +37,11 @@ impl SigningKey {
         parse_secret(text).map_err(|problem| KeyError::new(None, KeyKind::Secret, problem))
     }
 
-    /// Reads and parses a secret key file; errors name the file.
-    pub fn from_file(path: &Path) -> Result<SigningKey, KeyError> {
-        read_key_file(path)
-            .and_then(|text| parse_secret(&text))
+    /// Parses what was read from the secret key file `path` (at most [`MAX_KEY_FILE_LEN`] + 1
+    /// bytes; the reading is the caller's, this layer does no I/O); errors name the file.
+    pub fn from_file_bytes(path: &Path, bytes: &[u8]) -> Result<SigningKey, KeyError> {
+        key_file_text(bytes)
+            .and_then(parse_secret)
             .map_err(|problem| KeyError::new(Some(path), KeyKind::Secret, problem))
     }
 
@@ -192,19 +192,12 @@ fn describe_base64_error(e: &base64::DecodeError) -> String {
     }
 }
 
-fn read_key_file(path: &Path) -> Result<String, KeyProblem> {
-    let unreadable = |e: io::Error| match e.kind() {
-        io::ErrorKind::NotFound => KeyProblem::Missing,
-        _ => KeyProblem::Unreadable(e),
-    };
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|file| file.take(MAX_KEY_FILE_LEN + 1).read_to_end(&mut bytes))
-        .map_err(unreadable)?;
+/// The text of a key file, or why those bytes cannot be one.
+fn key_file_text(bytes: &[u8]) -> Result<&str, KeyProblem> {
     if bytes.len() as u64 > MAX_KEY_FILE_LEN {
         return Err(KeyProblem::TooLarge);
     }
-    String::from_utf8(bytes).map_err(|_| KeyProblem::NotText)
+    std::str::from_utf8(bytes).map_err(|_| KeyProblem::NotText)
 }
 
 /// Why a key could not be loaded; the message names the file (when there is one) and the fix.
@@ -256,6 +249,15 @@ impl KeyError {
             kind,
             problem,
         }
+    }
+
+    /// The secret key file `path` could not be read (`error` from opening or reading it).
+    pub fn unreadable_secret(path: &Path, error: io::Error) -> KeyError {
+        let problem = match error.kind() {
+            io::ErrorKind::NotFound => KeyProblem::Missing,
+            _ => KeyProblem::Unreadable(error),
+        };
+        KeyError::new(Some(path), KeyKind::Secret, problem)
     }
 
     /// The key file, if the key was read from one.

@@ -11,7 +11,7 @@ mod key;
 use std::collections::BTreeSet;
 use std::fmt;
 
-pub use key::{KeyError, KeyProblem, PublicKey, SigningKey};
+pub use key::{KeyError, KeyProblem, MAX_KEY_FILE_LEN, PublicKey, SigningKey};
 
 use crate::nix::hash::{self, DigestError};
 use crate::nix::narinfo::{NarInfo, is_well_formed_sig};
@@ -218,11 +218,8 @@ mod tests {
         let key = test_key();
         assert_eq!(key.name(), "test-cache-1");
         assert_eq!(key.public_key(), PUBLIC.trim_end());
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/keys/test-key.sec"
-        );
-        let from_file = SigningKey::from_file(Path::new(path)).unwrap();
+        let path = Path::new("tests/fixtures/keys/test-key.sec");
+        let from_file = SigningKey::from_file_bytes(path, SECRET.as_bytes()).unwrap();
         assert_eq!(from_file.public_key(), PUBLIC.trim_end());
         let public = PublicKey::parse(PUBLIC).unwrap();
         assert_eq!(public.name(), "test-cache-1");
@@ -505,42 +502,34 @@ mod tests {
 
     #[test]
     fn key_file_errors_name_the_file() {
-        let dir = std::env::temp_dir().join(format!("signing-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let path = Path::new("/etc/nix/cache.sec");
+        let named = |e: &KeyError| {
+            assert_eq!(e.file(), Some(path));
+            let message = e.to_string();
+            assert!(message.contains("/etc/nix/cache.sec"), "{message}");
+            message
+        };
 
-        let missing = dir.join("missing.sec");
-        let e = SigningKey::from_file(&missing).unwrap_err();
+        let e = KeyError::unreadable_secret(path, std::io::ErrorKind::NotFound.into());
         assert!(matches!(e.problem(), KeyProblem::Missing));
-        assert_eq!(e.file(), Some(missing.as_path()));
-        let message = e.to_string();
-        assert!(message.contains(&*missing.to_string_lossy()), "{message}");
-        assert!(message.contains("does not exist"), "{message}");
+        assert!(named(&e).contains("does not exist"), "{e}");
 
-        // A directory opens but cannot be read.
-        let e = SigningKey::from_file(&dir).unwrap_err();
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = KeyError::unreadable_secret(path, denied);
         assert!(matches!(e.problem(), KeyProblem::Unreadable(_)), "{e}");
-        assert!(
-            e.to_string().starts_with("cannot read secret key file"),
-            "{e}"
-        );
+        assert!(named(&e).starts_with("cannot read secret key file"), "{e}");
 
-        let public = dir.join("public.sec");
-        std::fs::write(&public, PUBLIC).unwrap();
-        let message = SigningKey::from_file(&public).unwrap_err().to_string();
-        assert!(message.contains(&*public.to_string_lossy()), "{message}");
-        assert!(message.contains("32 bytes long, expected 64"), "{message}");
+        let e = SigningKey::from_file_bytes(path, PUBLIC.as_bytes()).unwrap_err();
+        assert!(named(&e).contains("32 bytes long, expected 64"), "{e}");
 
-        let binary = dir.join("binary.sec");
-        std::fs::write(&binary, [0xff, 0xfe, b':']).unwrap();
-        let e = SigningKey::from_file(&binary).unwrap_err();
+        let e = SigningKey::from_file_bytes(path, &[0xff, 0xfe, b':']).unwrap_err();
         assert!(matches!(e.problem(), KeyProblem::NotText), "{e}");
+        named(&e);
 
-        let huge = dir.join("huge.sec");
-        std::fs::write(&huge, "a".repeat(10_000)).unwrap();
-        let e = SigningKey::from_file(&huge).unwrap_err();
+        let huge = "a".repeat(MAX_KEY_FILE_LEN as usize + 1);
+        let e = SigningKey::from_file_bytes(path, huge.as_bytes()).unwrap_err();
         assert!(matches!(e.problem(), KeyProblem::TooLarge), "{e}");
-
-        std::fs::remove_dir_all(&dir).unwrap();
+        named(&e);
     }
 
     #[test]
