@@ -12,6 +12,14 @@ use std::time::Duration;
 
 pub use error::Error;
 
+/// The defaults the command line owns; the others are the layers' own (`server::Timeouts`,
+/// `PoolConfig`, `UploadConfig`, `store/watch.rs`, `nix::cache_info`), and a test checks that
+/// `HELP` states each of them.
+pub const DEFAULT_PORT: u16 = 8080;
+/// `::`: all IPv6 and (on Linux, by default) IPv4 addresses.
+pub const DEFAULT_BIND: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+pub const DEFAULT_LOG_LEVEL: log::LevelFilter = log::LevelFilter::Info;
+
 /// Parsed options for `serve` (the default command).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
@@ -495,20 +503,20 @@ impl Given {
         } else {
             self.cli_sign_keys
         };
-        let d = nix_binary_cache::server::Timeouts::default();
+        let d = nix_binary_cache::server::Timeouts::DEFAULT;
         let secs = |v: Option<u64>, default: Duration| {
             v.map_or(default, |s| Duration::from_secs(s.max(1)))
         };
         Ok(Options {
             root,
-            port: self.port.unwrap_or(8080),
-            bind: self.bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+            port: self.port.unwrap_or(DEFAULT_PORT),
+            bind: self.bind.unwrap_or(DEFAULT_BIND),
             threads: self.threads,
             max_connections: self.max_connections,
             priority: self.priority,
             rescan_interval: self.rescan.map(Duration::from_secs),
             watch: self.watch.unwrap_or_default(),
-            log_level: self.log_level.unwrap_or(log::LevelFilter::Info),
+            log_level: self.log_level.unwrap_or(DEFAULT_LOG_LEVEL),
             sign_keys,
             upload_token_file: self.upload_token_file,
             max_upload_size: self.max_upload_size,
@@ -728,6 +736,107 @@ mod tests {
         }
         let longs: std::collections::HashSet<_> = SERVE_OPTIONS.iter().map(|o| o.long).collect();
         assert_eq!(longs.len(), SERVE_OPTIONS.len(), "a flag is listed twice");
+    }
+
+    /// The help text of `--flag`, up to the next option, on one line (wrapping undone).
+    fn help_of(flag: &str) -> String {
+        let start = HELP
+            .find(&format!("--{flag} "))
+            .unwrap_or_else(|| panic!("--{flag}"));
+        let rest = &HELP[start..];
+        let end = rest
+            .match_indices('\n')
+            .map(|(i, _)| i + 1)
+            .find(|&i| {
+                let line = &rest[i..];
+                let text = line.trim_start();
+                line.len() - text.len() <= 8 && (text.starts_with('-') || text.is_empty())
+            })
+            .unwrap_or(rest.len());
+        rest[..end].split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// Each default is a constant of the layer that owns it; the help, written out by hand,
+    /// must state that same value.
+    #[test]
+    fn the_help_states_the_defaults_the_code_uses() {
+        use nix_binary_cache::UploadConfig;
+        use nix_binary_cache::server::{PoolConfig, Timeouts};
+        use nix_binary_cache::store::{INOTIFY_RESCAN, POLL_RESCAN};
+
+        assert_eq!(
+            UploadConfig::DEFAULT_MAX_BODY % (1 << 30),
+            0,
+            "the help says nG"
+        );
+        assert_eq!(DEFAULT_BIND.to_string(), "::");
+        assert_eq!(
+            nix_binary_cache::WatchMode::default(),
+            "auto".parse().unwrap()
+        );
+        let level = DEFAULT_LOG_LEVEL.as_str().to_ascii_lowercase();
+        let priority = nix_binary_cache::nix::cache_info::DEFAULT_PRIORITY;
+        let t = Timeouts::DEFAULT;
+        let cases = [
+            ("port", format!("[default: {DEFAULT_PORT}]")),
+            (
+                "bind",
+                format!("[default: {DEFAULT_BIND} = all IPv6 and IPv4]"),
+            ),
+            (
+                "threads",
+                format!(
+                    "[default: {} x CPU cores, at least {}]",
+                    PoolConfig::THREADS_PER_CORE,
+                    PoolConfig::MIN_THREADS
+                ),
+            ),
+            (
+                "max-connections",
+                format!("[default: {}]", PoolConfig::default().max_connections),
+            ),
+            (
+                "priority",
+                format!("[default: the file's, else {priority}]"),
+            ),
+            ("watch", "[default: auto]".to_string()),
+            (
+                "rescan-interval",
+                format!(
+                    "[default: {} with inotify, {} with poll]",
+                    INOTIFY_RESCAN.as_secs(),
+                    POLL_RESCAN.as_secs()
+                ),
+            ),
+            ("log-level", format!("[default: {level}]")),
+            (
+                "max-upload-size",
+                format!("[default: {}G]", UploadConfig::DEFAULT_MAX_BODY >> 30),
+            ),
+            (
+                "max-uploads",
+                format!(
+                    "(up to {} s) [default: {}]",
+                    UploadConfig::DEFAULT_MAX_WAIT.as_secs(),
+                    UploadConfig::DEFAULT_MAX_CONCURRENT
+                ),
+            ),
+            (
+                "header-timeout",
+                format!("[default: {}]", t.header.as_secs()),
+            ),
+            ("idle-timeout", format!("[default: {}]", t.idle.as_secs())),
+            ("stall-timeout", format!("[default: {}]", t.stall.as_secs())),
+            ("metrics", "[default: main]".to_string()),
+            ("access-log", "[default: on]".to_string()),
+        ];
+        for (flag, default) in cases {
+            let help = help_of(flag);
+            assert!(
+                help.contains(&default),
+                "--{flag}: {help:?} should say {default:?}"
+            );
+        }
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub struct Config {
     /// Overrides `Priority:` in `nix-cache-info`.
     pub priority: Option<u32>,
     /// How often the index is rebuilt from disk; zero turns background rescans off. `None`:
-    /// every hour under inotify (a safety net), every minute in poll mode.
+    /// the watch mode's default (`INOTIFY_RESCAN`, a safety net, or `POLL_RESCAN`, in
+    /// `store/watch.rs`).
     pub rescan_interval: Option<Duration>,
     /// How the index learns about changes on disk.
     pub watch: WatchMode,
@@ -44,7 +45,7 @@ impl Config {
             root: root.into(),
             priority: None,
             rescan_interval: None,
-            watch: WatchMode::Auto,
+            watch: WatchMode::default(),
             uploads: None,
             sign_keys: Vec::new(),
             served_times_file: None,

@@ -8,8 +8,8 @@ pub struct CacheInfo {
 }
 
 const DEFAULT_STORE_DIR: &str = "/nix/store";
-/// cache.nixos.org's priority: an equal rank unless the operator says otherwise.
-const DEFAULT_PRIORITY: u32 = 40;
+/// cache.nixos.org's priority: an equal rank unless the operator says otherwise (`--priority`).
+pub const DEFAULT_PRIORITY: u32 = 40;
 
 impl CacheInfo {
     /// The answer for a directory without the file: a normal store that wants mass queries.

@@ -34,13 +34,18 @@ pub struct Timeouts {
     pub stall: Duration,
 }
 
+impl Timeouts {
+    /// The defaults of `--header-timeout`, `--idle-timeout` and `--stall-timeout`.
+    pub const DEFAULT: Timeouts = Timeouts {
+        header: Duration::from_secs(30),
+        idle: Duration::from_secs(60),
+        stall: Duration::from_secs(60),
+    };
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts {
-            header: Duration::from_secs(30),
-            idle: Duration::from_secs(60),
-            stall: Duration::from_secs(60),
-        }
+        Timeouts::DEFAULT
     }
 }
 
@@ -60,15 +65,32 @@ pub struct PoolConfig {
     pub max_connections: usize,
 }
 
+impl PoolConfig {
+    /// Default workers per CPU core (`--threads`): a worker blocked on a disk read leaves the
+    /// core to another.
+    pub const THREADS_PER_CORE: usize = 2;
+    /// At least this many workers by default, however few the cores.
+    pub const MIN_THREADS: usize = 4;
+    /// How long a stop waits for in-flight responses by default.
+    pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+    /// The default worker count: [`Self::THREADS_PER_CORE`] per core, at least
+    /// [`Self::MIN_THREADS`].
+    pub fn default_threads() -> usize {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        (cores * Self::THREADS_PER_CORE).max(Self::MIN_THREADS)
+    }
+}
+
 impl Default for PoolConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         PoolConfig {
-            threads: (cores * 2).max(4),
-            grace: Duration::from_secs(10),
+            threads: Self::default_threads(),
+            grace: Self::DEFAULT_GRACE,
             status_endpoints: true,
             shutdown_listener: true,
-            timeouts: Timeouts::default(),
+            timeouts: Timeouts::DEFAULT,
+            // The engine's own limit (`tiny_http::Limits`), the one default not written here.
             max_connections: tiny_http::Limits::default().max_connections,
         }
     }

@@ -28,7 +28,7 @@ use served_times::Recorder;
 use upload::Stored;
 
 pub use index::{REVALIDATE_AFTER, ScanStats};
-pub use watch::WatchMode;
+pub use watch::{INOTIFY_RESCAN, POLL_RESCAN, WatchMode};
 
 /// How to open a cache directory (the store's part of [`crate::Config`]).
 pub(crate) struct Options {
