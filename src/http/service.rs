@@ -17,11 +17,11 @@ use crate::http::metrics::Kind;
 use crate::http::request::{Method, Request};
 use crate::http::response::{Body, Response};
 use crate::http::send;
-use crate::nix::layout::{FileKind, Route, RouteError, route};
+use crate::nix::layout::{FileKind, OwnedRoute, Route, RouteError, route};
 use crate::store::encoding::Encoding;
 use crate::store::files;
 use crate::store::index::{Lookup, fnv1a};
-use crate::store::upload::{Stored, Target as UploadTarget};
+use crate::store::upload::{Stored, Target as UploadTarget, UploadError};
 
 /// How long clients and proxies may keep each kind of answer.
 pub(crate) mod max_age {
@@ -97,6 +97,9 @@ pub enum Answer {
 pub struct Upload {
     who: Arc<str>,
     encoding: Encoding,
+    /// Where the body goes, as [`Target::of`] routed the path; `None`: nowhere a cache holds
+    /// (refused once the body's turn comes, as before routing moved here).
+    route: Option<OwnedRoute>,
     /// The path as sent (query removed), and with its query string for log lines.
     path: String,
     path_and_query: String,
@@ -178,7 +181,7 @@ impl Cache {
         let target = Target::of(request.path, &request.decoded);
         let answer = match request.method {
             Method::Get | Method::Head => Answer::Ready(self.answer(request, target)),
-            Method::Put if self.accepts_uploads() => self.admit_upload(request),
+            Method::Put if self.accepts_uploads() => self.admit_upload(request, target),
             Method::Put | Method::Other => Answer::Ready(self.method_not_allowed()),
         };
         (target.kind(), answer)
@@ -249,7 +252,7 @@ impl Cache {
     }
 
     /// Checks who sent a PUT and how its body is encoded, before any of it is read.
-    fn admit_upload(&self, request: &Request<'_>) -> Answer {
+    fn admit_upload(&self, request: &Request<'_>, target: Target<'_>) -> Answer {
         let Some(config) = self.uploads() else {
             return Answer::Ready(self.method_not_allowed());
         };
@@ -262,9 +265,14 @@ impl Cache {
                 return Answer::Ready(Refusal::UnsupportedEncoding(name).response());
             }
         };
+        let route = match target {
+            Target::Route(route) => Some(route.into()),
+            Target::Landing | Target::NotFound | Target::BadPath => None,
+        };
         Answer::Upload(Upload {
             who,
             encoding,
+            route,
             path: request.path.to_string(),
             path_and_query: request.path_and_query().to_string(),
             declared: request.body_length,
@@ -279,6 +287,7 @@ impl Cache {
         let Upload {
             who,
             encoding,
+            route,
             path,
             path_and_query,
             declared,
@@ -304,7 +313,13 @@ impl Cache {
             store_dir: &store_dir,
             max_body: config.max_body,
         };
-        match target.store(path, *declared, *encoding, request.as_reader()) {
+        let stored = match route {
+            Some(route) => {
+                target.store(route.as_route(), *declared, *encoding, request.as_reader())
+            }
+            None => Err(UploadError::not_a_cache_path(path)),
+        };
+        match stored {
             Ok(stored) => {
                 let bytes = match stored {
                     Stored::File { bytes, .. } => bytes,
@@ -670,8 +685,27 @@ mod tests {
                     ("/x/../y", "/x/../y?q")
                 );
                 assert_eq!(&*u.who, "ci");
+                // Routed to nothing: refused with a 400 once its turn comes.
+                assert_eq!(u.route, None);
             }
             (kind, other) => panic!("{kind:?} {other:?}"),
+        }
+
+        // The route found here is the one the body is stored by, decoded once.
+        let log = format!("/log/{HASH}-a%2B%2B.drv");
+        let admitted = [
+            (url.as_str(), OwnedRoute::NarInfo(HASH.to_string())),
+            (
+                log.as_str(),
+                OwnedRoute::File(FileKind::Log, format!("log/{HASH}-a++.drv")),
+            ),
+        ];
+        for (path, route) in admitted {
+            let request = Request::fake(Method::Put, path, &[auth]);
+            match s.cache.handle(&request) {
+                (_, Answer::Upload(u)) => assert_eq!(u.route, Some(route), "{path}"),
+                (kind, other) => panic!("{path}: {kind:?} {other:?}"),
+            }
         }
     }
 }

@@ -21,6 +21,35 @@ pub enum Route<'a> {
     File(FileKind, &'a str),
 }
 
+/// A [`Route`] that owns its path, for work that outlives the request it was routed from (an
+/// upload's body is read on a thread of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedRoute {
+    CacheInfo,
+    NarInfo(String),
+    File(FileKind, String),
+}
+
+impl OwnedRoute {
+    pub fn as_route(&self) -> Route<'_> {
+        match self {
+            OwnedRoute::CacheInfo => Route::CacheInfo,
+            OwnedRoute::NarInfo(hash) => Route::NarInfo(hash),
+            OwnedRoute::File(kind, rel) => Route::File(*kind, rel),
+        }
+    }
+}
+
+impl From<Route<'_>> for OwnedRoute {
+    fn from(route: Route<'_>) -> OwnedRoute {
+        match route {
+            Route::CacheInfo => OwnedRoute::CacheInfo,
+            Route::NarInfo(hash) => OwnedRoute::NarInfo(hash.to_owned()),
+            Route::File(kind, rel) => OwnedRoute::File(kind, rel.to_owned()),
+        }
+    }
+}
+
 /// The kinds of files served straight from disk; each has its own content type and caching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -202,6 +231,15 @@ mod tests {
     use FileKind::*;
 
     const H: &str = "4q1c78ism9fv0myqldmih68c6yjmpi2d";
+
+    #[test]
+    fn an_owned_route_gives_back_the_same_route() {
+        let log = format!("/log/{H}-a.drv");
+        for path in ["/nix-cache-info", &format!("/{H}.narinfo"), &log] {
+            let routed = route(path).unwrap();
+            assert_eq!(OwnedRoute::from(routed).as_route(), routed, "{path}");
+        }
+    }
 
     #[test]
     fn routes_what_nix_asks_for() {

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::nix::cache_info::CacheInfo;
-use crate::nix::layout::{FileKind, Route, decode, route};
+use crate::nix::layout::{FileKind, Route};
 use crate::nix::narinfo::NarInfo;
 use crate::nix::nix32;
 use crate::store::encoding::Encoding;
@@ -66,6 +66,11 @@ impl UploadError {
         }
     }
 
+    /// A PUT to a path that routes to nothing a cache holds: 400.
+    pub fn not_a_cache_path(path: &str) -> UploadError {
+        UploadError::Invalid(format!("{path} is not a path Nix stores in a cache"))
+    }
+
     pub fn message(&self) -> String {
         match self {
             UploadError::Invalid(why) => why.clone(),
@@ -100,18 +105,15 @@ pub struct Target<'a> {
 
 impl Target<'_> {
     /// Stores `body` (the request body, `declared` bytes on the wire if the client said,
-    /// compressed with `encoding`) at `path` (percent-encoded or not, query removed).
+    /// compressed with `encoding`) where `route` (the request path, routed once by `http/`)
+    /// says.
     pub fn store(
         &self,
-        path: &str,
+        route: Route<'_>,
         declared: Option<u64>,
         encoding: Encoding,
         body: &mut dyn Read,
     ) -> Result<Stored, UploadError> {
-        let not_ours =
-            || UploadError::Invalid(format!("{path} is not a path Nix stores in a cache"));
-        let decoded = decode(path).map_err(|_| not_ours())?;
-        let route = route(&decoded).map_err(|_| not_ours())?;
         let mut limit = match route {
             Route::CacheInfo | Route::NarInfo(_) => MAX_METADATA_BYTES,
             Route::File(..) => self.max_body,
@@ -444,6 +446,7 @@ fn read_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nix::layout;
 
     fn scratch(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("nbc-upload-{tag}-{}", std::process::id()));
@@ -457,6 +460,33 @@ mod tests {
             root,
             store_dir: "/nix/store",
             max_body: 1 << 20,
+        }
+    }
+
+    /// Routes `path` as `http/` does before it calls [`Target::store`].
+    trait StoreAt {
+        fn store_at(
+            &self,
+            path: &str,
+            declared: Option<u64>,
+            encoding: Encoding,
+            body: &mut dyn Read,
+        ) -> Result<Stored, UploadError>;
+    }
+
+    impl StoreAt for Target<'_> {
+        fn store_at(
+            &self,
+            path: &str,
+            declared: Option<u64>,
+            encoding: Encoding,
+            body: &mut dyn Read,
+        ) -> Result<Stored, UploadError> {
+            let decoded = layout::decode(path);
+            match decoded.as_deref().map(layout::route) {
+                Ok(Ok(route)) => self.store(route, declared, encoding, body),
+                _ => Err(UploadError::not_a_cache_path(path)),
+            }
         }
     }
 
@@ -480,7 +510,7 @@ mod tests {
         let nar = b"some nar bytes".to_vec();
         let name = nar_name(&nar);
         let stored = t
-            .store(
+            .store_at(
                 &format!("/{name}"),
                 Some(nar.len() as u64),
                 Encoding::Plain,
@@ -503,7 +533,7 @@ mod tests {
             nar.len()
         );
         let stored = t
-            .store(
+            .store_at(
                 &format!("/{hash}.narinfo"),
                 None,
                 Encoding::Plain,
@@ -526,7 +556,7 @@ mod tests {
         let nar = b"the same nar twice".to_vec();
         let name = nar_name(&nar);
         let upload = || {
-            t.store(&format!("/{name}"), None, Encoding::Plain, &mut &nar[..])
+            t.store_at(&format!("/{name}"), None, Encoding::Plain, &mut &nar[..])
                 .unwrap();
             std::fs::metadata(root.join(&name)).unwrap().ino()
         };
@@ -552,14 +582,14 @@ mod tests {
         let nar = b"real bytes".to_vec();
         let wrong = nar_name(b"other bytes");
         let e = t
-            .store(&format!("/{wrong}"), None, Encoding::Plain, &mut &nar[..])
+            .store_at(&format!("/{wrong}"), None, Encoding::Plain, &mut &nar[..])
             .unwrap_err();
         assert_eq!(e.status(), 400, "{}", e.message());
         assert!(e.message().contains("hashes to"));
 
         let big = vec![0u8; 2 << 20];
         let e = t
-            .store(
+            .store_at(
                 &format!("/{}", nar_name(&big)),
                 None,
                 Encoding::Plain,
@@ -568,7 +598,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.status(), 413);
         let e = t
-            .store(
+            .store_at(
                 &format!("/{}", nar_name(&big)),
                 Some(big.len() as u64),
                 Encoding::Plain,
@@ -583,7 +613,7 @@ mod tests {
             "0".repeat(52)
         );
         let e = t
-            .store(
+            .store_at(
                 &format!("/{hash}.narinfo"),
                 None,
                 Encoding::Plain,
@@ -593,7 +623,7 @@ mod tests {
         assert!(e.message().contains("not in the cache"), "{}", e.message());
         let other = "0000000000000000000000000000000a";
         let e = t
-            .store(
+            .store_at(
                 &format!("/{other}.narinfo"),
                 None,
                 Encoding::Plain,
@@ -602,7 +632,7 @@ mod tests {
             .unwrap_err();
         assert!(e.message().contains("does not match"), "{}", e.message());
         let e = t
-            .store(
+            .store_at(
                 &format!("/{hash}.narinfo"),
                 None,
                 Encoding::Plain,
@@ -611,11 +641,11 @@ mod tests {
             .unwrap_err();
         assert!(e.message().contains("malformed"), "{}", e.message());
         let e = t
-            .store("/../etc/passwd", None, Encoding::Plain, &mut &b"x"[..])
+            .store_at("/../etc/passwd", None, Encoding::Plain, &mut &b"x"[..])
             .unwrap_err();
         assert_eq!(e.status(), 400);
         let e = t
-            .store("/nar/0123.nar", None, Encoding::Plain, &mut &b"x"[..])
+            .store_at("/nar/0123.nar", None, Encoding::Plain, &mut &b"x"[..])
             .unwrap_err();
         assert!(e.message().contains("nix32 sha256"), "{}", e.message());
 
@@ -631,7 +661,7 @@ mod tests {
     /// A NAR and a narinfo for it, stored; returns the narinfo text and its upload path.
     fn stored_path(t: &Target, nar: &[u8]) -> (String, String) {
         let name = nar_name(nar);
-        t.store(&format!("/{name}"), None, Encoding::Plain, &mut &nar[..])
+        t.store_at(&format!("/{name}"), None, Encoding::Plain, &mut &nar[..])
             .unwrap();
         let hash = "4q1c78ism9fv0myqldmih68c6yjmpi2d";
         let info = format!(
@@ -640,7 +670,7 @@ mod tests {
             nar.len()
         );
         let path = format!("/{hash}.narinfo");
-        t.store(&path, None, Encoding::Plain, &mut info.as_bytes())
+        t.store_at(&path, None, Encoding::Plain, &mut info.as_bytes())
             .unwrap();
         (info, path)
     }
@@ -654,7 +684,7 @@ mod tests {
         // Same path, another NAR: refused, file unchanged, no temporary left.
         let other_nar = b"second nar".to_vec();
         let other_name = nar_name(&other_nar);
-        t.store(
+        t.store_at(
             &format!("/{other_name}"),
             None,
             Encoding::Plain,
@@ -665,13 +695,13 @@ mod tests {
             .replace(&nar_name(b"first nar"), &other_name)
             .replace("FileSize: 9", "FileSize: 10");
         let e = t
-            .store(&path, None, Encoding::Plain, &mut other.as_bytes())
+            .store_at(&path, None, Encoding::Plain, &mut other.as_bytes())
             .unwrap_err();
         assert_eq!(e.status(), 409, "{}", e.message());
         assert!(e.message().contains("URL"), "{}", e.message());
         assert_eq!(std::fs::read_to_string(&file).unwrap(), info);
         // The same again: accepted, nothing changes.
-        t.store(&path, None, Encoding::Plain, &mut info.as_bytes())
+        t.store_at(&path, None, Encoding::Plain, &mut info.as_bytes())
             .unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), info);
         // With a signature: added.
@@ -679,11 +709,11 @@ mod tests {
         let signed = format!(
             "{info}Sig: k-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==\n"
         );
-        t.store(&path, None, Encoding::Plain, &mut signed.as_bytes())
+        t.store_at(&path, None, Encoding::Plain, &mut signed.as_bytes())
             .unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), signed);
         // Without it again: the signature stays.
-        t.store(&path, None, Encoding::Plain, &mut info.as_bytes())
+        t.store_at(&path, None, Encoding::Plain, &mut info.as_bytes())
             .unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), signed);
         assert!(files_in(&root).iter().all(|n| !n.starts_with(".nbc")));
@@ -699,7 +729,7 @@ mod tests {
         let other_path = info.replace("4q1c78ism9fv0myqldmih68c6yjmpi2d", &"1".repeat(32));
         for broken in ["junk".to_string(), other_path] {
             std::fs::write(&file, broken).unwrap();
-            t.store(&path, None, Encoding::Plain, &mut info.as_bytes())
+            t.store_at(&path, None, Encoding::Plain, &mut info.as_bytes())
                 .unwrap();
             assert_eq!(std::fs::read_to_string(&file).unwrap(), info);
         }
@@ -708,7 +738,7 @@ mod tests {
         std::fs::write(&outside, "x").unwrap();
         std::fs::remove_file(&file).unwrap();
         std::os::unix::fs::symlink(&outside, &file).unwrap();
-        t.store(&path, None, Encoding::Plain, &mut info.as_bytes())
+        t.store_at(&path, None, Encoding::Plain, &mut info.as_bytes())
             .unwrap();
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "x");
         assert!(std::fs::symlink_metadata(&file).unwrap().is_file());
@@ -723,7 +753,7 @@ mod tests {
         let name = nar_name(&nar);
         for declared in [nar.len() as u64 + 1, nar.len() as u64 - 1] {
             let e = t
-                .store(
+                .store_at(
                     &format!("/{name}"),
                     Some(declared),
                     Encoding::Plain,
@@ -734,7 +764,7 @@ mod tests {
             assert!(e.message().contains("Content-Length"), "{}", e.message());
         }
         let e = t
-            .store(
+            .store_at(
                 "/log/4q1c78ism9fv0myqldmih68c6yjmpi2d-x.drv",
                 Some(100),
                 Encoding::Plain,
@@ -747,7 +777,7 @@ mod tests {
         let (info, path) = stored_path(&t, &nar);
         std::fs::remove_file(root.join(path.trim_start_matches('/'))).unwrap();
         let e = t
-            .store(
+            .store_at(
                 &path,
                 Some(info.len() as u64 + 5),
                 Encoding::Plain,
@@ -758,7 +788,7 @@ mod tests {
         assert!(!files_in(&root).iter().any(|n| n.ends_with(".narinfo")));
         let zero = info.replace("NarSize: 5", "NarSize: 0");
         let e = t
-            .store(&path, None, Encoding::Plain, &mut zero.as_bytes())
+            .store_at(&path, None, Encoding::Plain, &mut zero.as_bytes())
             .unwrap_err();
         assert!(e.message().contains("NarSize 0"), "{}", e.message());
         std::fs::remove_dir_all(root).unwrap();
@@ -768,7 +798,7 @@ mod tests {
     fn nix_cache_info_only_once() {
         let root = scratch("info");
         let t = target(&root);
-        t.store(
+        t.store_at(
             "/nix-cache-info",
             None,
             Encoding::Plain,
@@ -776,7 +806,7 @@ mod tests {
         )
         .unwrap();
         let e = t
-            .store(
+            .store_at(
                 "/nix-cache-info",
                 None,
                 Encoding::Plain,
@@ -786,7 +816,7 @@ mod tests {
         assert_eq!(e.status(), 409);
         std::fs::remove_file(root.join("nix-cache-info")).unwrap();
         let e = t
-            .store(
+            .store_at(
                 "/nix-cache-info",
                 None,
                 Encoding::Plain,
