@@ -8,7 +8,7 @@ use crate::http::Cache;
 use crate::http::request::split_url;
 use crate::http::response::Response;
 use crate::http::send;
-use crate::http::service::{Answer, Exchange, PendingUpload};
+use crate::http::service::{Answer, Exchange, Upload};
 use crate::http::status;
 
 /// A cache answering below `prefix` (`""` for the root, or e.g. `"/cache"`).
@@ -87,13 +87,51 @@ impl Mount {
             Step::Status(response) => {
                 send::send_logged(request, response, close, Instant::now(), |_| {});
             }
-            Step::Begun(exchange, answer) => {
-                self.cache.complete(request, exchange, answer, run_upload);
+            Step::Begun(exchange, Answer::Ready(response)) => {
+                finish(&self.cache, request, response, exchange);
             }
+            // The caller decides on which thread the body is read.
+            Step::Begun(exchange, Answer::Upload(upload)) => run_upload(PendingUpload {
+                cache: self.cache.clone(),
+                request,
+                upload,
+                exchange,
+            }),
             Step::Outside => return Some(request),
         }
         None
     }
+}
+
+/// An admitted upload with its request, waiting for [`PendingUpload::run`] on a thread chosen by
+/// the caller of `Mount::serve`.
+pub(crate) struct PendingUpload {
+    cache: Cache,
+    request: Request,
+    upload: Upload,
+    exchange: Exchange,
+}
+
+impl PendingUpload {
+    /// Reads the body, stores it and writes the answer.
+    pub fn run(mut self) {
+        let response = self
+            .cache
+            .store_upload(&self.upload, self.request.as_reader());
+        finish(&self.cache, self.request, response, self.exchange);
+    }
+}
+
+/// Writes `response` to what [`Cache::begin`] started, logs the access line and counts it in
+/// the metrics once it is out.
+fn finish(cache: &Cache, request: Request, response: Response, exchange: Exchange) {
+    let status = response.status;
+    let close = cache.settle(&exchange, status);
+    let start = exchange.start();
+    let cache = cache.clone();
+    send::send_logged(request, response, close, start, move |sent| {
+        cache.count(&exchange, status, sent.map_or(0, |s| s.body_bytes));
+    });
 }
 
 /// Where a request went, decided while its view is alive.

@@ -1,11 +1,12 @@
 //! The one request pipeline: a request view ([`Request`]) is routed once ([`Target`]) and
-//! answered ([`Cache::handle`]); the answer is written, logged and counted by `Cache::finish`.
+//! answered ([`Cache::handle`]); `http/mount.rs` writes the answer and this module counts it.
 //!
 //! The standalone server and a [`crate::Mount`] both enter it through `Mount::serve`; they
 //! differ only in where an admitted upload reads its body (the server gives it a thread of its
-//! own).
+//! own). No `tiny_http` type is seen here: the request arrives as our view, an upload's body as
+//! a reader.
 
-use std::io;
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
 
@@ -16,7 +17,6 @@ use crate::http::landing;
 use crate::http::metrics::Kind;
 use crate::http::request::{Method, Request};
 use crate::http::response::{Body, Response};
-use crate::http::send;
 use crate::nix::layout::{FileKind, OwnedRoute, Route, RouteError, route};
 use crate::store::encoding::Encoding;
 use crate::store::files;
@@ -118,20 +118,10 @@ pub(crate) struct Exchange {
     upload: bool,
 }
 
-/// An admitted upload with its request, waiting for [`PendingUpload::run`] on a thread chosen by
-/// the caller of `Mount::serve`.
-pub(crate) struct PendingUpload {
-    cache: Cache,
-    request: tiny_http::Request,
-    upload: Upload,
-    exchange: Exchange,
-}
-
-impl PendingUpload {
-    /// Reads the body, stores it and writes the answer.
-    pub fn run(mut self) {
-        let response = self.cache.store_upload(&self.upload, &mut self.request);
-        self.cache.finish(self.request, response, self.exchange);
+impl Exchange {
+    /// When the request began, for its access line.
+    pub(crate) fn start(&self) -> Instant {
+        self.start
     }
 }
 
@@ -148,26 +138,6 @@ impl Cache {
             upload: request.method == Method::Put && self.accepts_uploads(),
         };
         (exchange, answer)
-    }
-
-    /// Ends what [`Cache::begin`] started: writes a ready answer, or hands an admitted upload to
-    /// `run_upload`, which decides on which thread its body is read.
-    pub(crate) fn complete(
-        &self,
-        request: tiny_http::Request,
-        exchange: Exchange,
-        answer: Answer,
-        run_upload: impl FnOnce(PendingUpload),
-    ) {
-        match answer {
-            Answer::Ready(response) => self.finish(request, response, exchange),
-            Answer::Upload(upload) => run_upload(PendingUpload {
-                cache: self.clone(),
-                request,
-                upload,
-                exchange,
-            }),
-        }
     }
 
     /// Marks a request as begun, for the in-flight gauge and its latency.
@@ -187,26 +157,24 @@ impl Cache {
         (target.kind(), answer)
     }
 
-    /// Writes `response`, logs the access line and counts it in the metrics once it is out.
-    fn finish(&self, request: tiny_http::Request, response: Response, exchange: Exchange) {
-        let Exchange {
-            start,
-            kind,
-            mut close,
-            upload,
-        } = exchange;
-        let status = response.status;
-        if upload && status >= 400 {
+    /// Before the answer with `status` is written: counts a refused upload, and says whether
+    /// the connection closes after it.
+    pub(crate) fn settle(&self, exchange: &Exchange, status: u16) -> bool {
+        if exchange.upload && status >= 400 {
             self.metrics().upload_refused(status);
             // A refused body may be unread: closing is cheaper than draining it.
-            close = true;
+            return true;
         }
-        let cache = self.clone();
-        send::send_logged(request, response, close, start, move |sent| {
-            let bytes = sent.map_or(0, |s| s.body_bytes);
-            cache.metrics().request_finished(kind, status, bytes);
-            cache.metrics().observe_latency(kind, start.elapsed());
-        });
+        exchange.close
+    }
+
+    /// Once the answer with `status` is out (`body_bytes` of it, 0 if abandoned): counts it
+    /// and its latency.
+    pub(crate) fn count(&self, exchange: &Exchange, status: u16, body_bytes: u64) {
+        let kind = exchange.kind;
+        self.metrics().request_finished(kind, status, body_bytes);
+        self.metrics()
+            .observe_latency(kind, exchange.start.elapsed());
     }
 
     /// A GET or HEAD.
@@ -279,8 +247,8 @@ impl Cache {
         })
     }
 
-    /// Stores the body of an admitted PUT once an upload place is free.
-    fn store_upload(&self, upload: &Upload, request: &mut tiny_http::Request) -> Response {
+    /// Stores the body of an admitted PUT, read from `body`, once an upload place is free.
+    pub(crate) fn store_upload(&self, upload: &Upload, body: &mut dyn Read) -> Response {
         let Some(config) = self.uploads() else {
             return self.method_not_allowed();
         };
@@ -314,9 +282,7 @@ impl Cache {
             max_body: config.max_body,
         };
         let stored = match route {
-            Some(route) => {
-                target.store(route.as_route(), *declared, *encoding, request.as_reader())
-            }
+            Some(route) => target.store(route.as_route(), *declared, *encoding, body),
             None => Err(UploadError::not_a_cache_path(path)),
         };
         match stored {

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use tiny_http::Request;
 
 use crate::http::cache::Cache;
-use crate::http::mount::Mount;
+use crate::http::mount::{Mount, PendingUpload};
 use crate::http::request::split_url;
 use crate::http::response::Response;
-use crate::http::service::{PendingUpload, not_found};
+use crate::http::service::not_found;
 use crate::http::status;
 
 /// When quiet connections and stalled transfers are cut off.
