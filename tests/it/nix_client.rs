@@ -134,7 +134,14 @@ fn build_log_over_http(client: Client) {
     let drv = m["TOP_DRV"].trim_start_matches("/nix/store/");
     let on_disk = std::fs::read_to_string(fixtures().join("cache-xz/log").join(drv)).unwrap();
     assert_eq!(log.trim_end(), on_disk.trim_end());
-    assert!(server.log().contains(&format!("GET /log/{drv} 200")));
+    // The access line is written once the answer is out and reaches us through the server's
+    // stderr pipe, possibly after the client has exited.
+    let line = format!("GET /log/{drv} 200");
+    assert!(
+        server.wait_for_log(&line, Duration::from_secs(10)),
+        "{line}:\n{}",
+        server.log()
+    );
 }
 
 fn signed_cache_is_trusted_only_with_its_key(client: Client) {
