@@ -371,10 +371,16 @@ fn cache_directory_removed_while_running() {
         health.text()
     );
 
-    // Put back: served again without a restart.
+    // Put back: served again without a restart, as soon as the watch has seen the new
+    // directory (a moment on a loaded machine).
     copy_dir(&fixtures().join("cache-zstd"), &dir);
     for p in &paths[1..] {
-        assert_eq!(server.get(p).status, 200, "{p} once restored");
+        let mut status = 0;
+        eventually(Duration::from_secs(10), || {
+            status = server.get(p).status;
+            status == 200
+        });
+        assert_eq!(status, 200, "{p} once restored");
     }
     assert_eq!(server.get("/health").status, 200);
     assert_no_5xx_except_health(&server);

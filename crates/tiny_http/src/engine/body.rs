@@ -72,8 +72,6 @@ impl Body {
     /// Reads body bytes into `out`, waiting up to the stall timeout for each piece.
     pub fn read(&mut self, conn: &Conn, out: &mut [u8]) -> io::Result<usize> {
         let mut state = conn.state();
-        // Body reads go around the head buffer's bookkeeping: the next request may be waiting.
-        state.drained = false;
         self.read_with(conn, &mut state, out, true)
     }
 
@@ -84,7 +82,6 @@ impl Body {
         // go-ahead now (it would send a body nobody reads); what it sent anyway is dropped.
         self.continue_pending = false;
         let mut state = conn.state();
-        state.drained = false;
         let mut scratch = [0u8; 8192];
         let mut dropped = 0u64;
         while !self.is_done() && dropped <= cap {
@@ -200,6 +197,9 @@ impl Body {
             return Ok(n);
         }
         self.send_continue(conn)?;
+        // Straight from the socket, around the buffer's bookkeeping: what follows the body (the
+        // next request) may be left there unseen.
+        state.drained = false;
         loop {
             match sys::recv(conn.fd(), &mut out[..want]) {
                 Ok(0) => return Err(cut_short()),

@@ -97,6 +97,8 @@ pub struct State {
     /// while bytes may be waiting unseen: after a full read, a body read, or an event the
     /// connection was not reading for.
     pub drained: bool,
+    /// epoll said the peer closed its side: a short read may leave its end of stream behind.
+    pub peer_closed: bool,
 }
 
 impl State {
@@ -128,8 +130,9 @@ impl State {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let n = sys::recv(fd, &mut scratch[..room])?;
-            // A read that did not fill its room took everything the socket had.
-            self.drained = n < room;
+            // A read that did not fill its room took every byte the socket had (but not an end
+            // of stream that came with them).
+            self.drained = n < room && !self.peer_closed;
             // Grow by doubling, but never past `max`: a head arriving byte by byte must not
             // leave its connection holding twice the limit.
             let need = self.buf.len() + n;
@@ -162,9 +165,6 @@ pub struct Conn {
     pub timer: AtomicU64,
     /// Waiting for a request, with no response in progress: a stopping server closes it.
     pub idle: AtomicBool,
-    /// When its request was handed to a handler (engine clock, ms); 0 once the response is
-    /// finished. A handler out for long lets another thread poll (`engine/pollers.rs`).
-    pub handed_out: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -176,7 +176,6 @@ impl Conn {
             token,
             timer: AtomicU64::new(BUSY),
             idle: AtomicBool::new(true),
-            handed_out: AtomicU64::new(0),
             state: Mutex::new(State {
                 buf: Vec::new(),
                 pos: 0,
@@ -185,6 +184,7 @@ impl Conn {
                 },
                 deadline,
                 drained: false,
+                peer_closed: false,
             }),
         }
     }

@@ -102,7 +102,7 @@ pub struct Engine {
     /// Signalled to wake one waiting thread for events left in `ready`.
     kick: sys::EventFd,
     /// Events taken from epoll by a thread busy with the first of its batch, for any thread.
-    ready: Mutex<VecDeque<u64>>,
+    ready: Mutex<VecDeque<sys::Event>>,
     ready_len: AtomicUsize,
     /// Threads blocked in `epoll_wait`.
     waiting: AtomicUsize,
@@ -167,43 +167,55 @@ impl Engine {
 
     /// Waits for the next complete request head, up to `timeout` (`None`: no limit).
     pub fn next(self: &Arc<Self>, timeout: Option<Duration>) -> io::Result<Option<Incoming>> {
+        let slot = self.pollers.register();
+        slot.enter();
+        // However this returns, the thread is away from `recv` until it calls again.
+        struct Away<'a>(&'a pollers::Pollers, &'a pollers::Slot);
+        impl Drop for Away<'_> {
+            fn drop(&mut self) {
+                self.0.leave(self.1);
+            }
+        }
+        let _away = Away(&self.pollers, &slot);
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut waited = false;
-        self.pollers.register();
         loop {
             if self.unblocked.load(Ordering::SeqCst) {
                 return Err(io::Error::other("thread unblocked"));
             }
-            if self.pollers.crowded() && !self.pollers.park(deadline, &self.unblocked) {
-                return Ok(None);
-            }
-            let left = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    // Look once even with no time left (`try_recv`).
-                    _ if !waited => Some(Duration::ZERO),
-                    _ => return Ok(None),
-                },
-                None => None,
+            // Events already taken from epoll come first: nobody else will announce them.
+            let event = match self.take_ready() {
+                Some(event) => event,
+                None => {
+                    if self.pollers.crowded() && !self.pollers.park(deadline, &self.unblocked) {
+                        return Ok(None);
+                    }
+                    let left = match deadline {
+                        Some(d) => match d.checked_duration_since(Instant::now()) {
+                            Some(left) if !left.is_zero() => Some(left),
+                            // Look once even with no time left (`try_recv`).
+                            _ if !waited => Some(Duration::ZERO),
+                            _ => return Ok(None),
+                        },
+                        None => None,
+                    };
+                    waited = true;
+                    match self.wait_for_events(left)? {
+                        Some(event) => event,
+                        None => continue,
+                    }
+                }
             };
-            waited = true;
-            let token = match self.take_ready() {
-                Some(token) => token,
-                None => match self.wait_for_events(left)? {
-                    Some(token) => token,
-                    None => continue,
-                },
-            };
-            match token {
+            match event.token {
                 LISTENER => {
-                    self.contained(token, |e| {
+                    self.contained(LISTENER, |e| {
                         e.accept_ready();
                         None
                     });
                 }
                 WAKER | KICK => {}
                 token => {
-                    if let Some(incoming) = self.contained(token, |e| e.on_event(token)) {
+                    if let Some(incoming) = self.contained(token, |e| e.on_event(event)) {
                         return Ok(Some(incoming));
                     }
                 }
@@ -211,22 +223,29 @@ impl Engine {
         }
     }
 
-    /// An event another thread took from epoll and left for anyone.
-    fn take_ready(&self) -> Option<u64> {
-        if self.ready_len.load(Ordering::Acquire) == 0 {
+    /// An event another thread took from epoll and left for anyone. If more are left and a
+    /// thread sleeps in `epoll_wait`, it is woken for them: each woken thread takes one and
+    /// wakes the next, so a batch spreads over every idle thread.
+    fn take_ready(&self) -> Option<sys::Event> {
+        if self.ready_len.load(Ordering::SeqCst) == 0 {
             return None;
         }
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        let token = ready.pop_front();
-        self.ready_len.store(ready.len(), Ordering::Release);
-        token
+        let event = ready.pop_front();
+        let left = ready.len();
+        self.ready_len.store(left, Ordering::SeqCst);
+        drop(ready);
+        if left > 0 && self.waiting.load(Ordering::SeqCst) > 0 {
+            self.kick.signal();
+        }
+        event
     }
 
     /// Waits for events and returns the first; the rest of the batch goes to the shared
     /// queue, with a waiting thread woken for it, so that none waits behind this thread's
     /// request. Taking many events per call saves `epoll_wait`s under load.
-    fn wait_for_events(&self, timeout: Option<Duration>) -> io::Result<Option<u64>> {
-        let mut tokens = [0u64; BATCH];
+    fn wait_for_events(&self, timeout: Option<Duration>) -> io::Result<Option<sys::Event>> {
+        let mut events = [sys::Event::default(); BATCH];
         self.waiting.fetch_add(1, Ordering::SeqCst);
         // Events queued after our last look, by a thread that saw nobody waiting yet: take
         // them instead of sleeping (its store and our count are both SeqCst, so one of us
@@ -235,19 +254,19 @@ impl Engine {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Ok(None);
         }
-        let n = self.epoll.wait(&mut tokens, timeout);
+        let n = self.epoll.wait(&mut events, timeout);
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         let n = n?;
         if n > 1 {
             let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-            ready.extend(&tokens[1..n]);
+            ready.extend(&events[1..n]);
             self.ready_len.store(ready.len(), Ordering::SeqCst);
             drop(ready);
             if self.waiting.load(Ordering::SeqCst) > 0 {
                 self.kick.signal();
             }
         }
-        Ok((n > 0).then_some(tokens[0]))
+        Ok((n > 0).then_some(events[0]))
     }
 
     /// Runs an event handler; a panic in it closes that connection instead of the thread.
@@ -288,6 +307,10 @@ impl Engine {
     }
 
     fn accept_ready(self: &Arc<Self>) {
+        // A listener event taken before `stop_accepting` may still come out of the queue.
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         for _ in 0..256 {
             match self.listener.accept() {
                 Ok((stream, peer)) => self.admit(stream, peer),
@@ -353,12 +376,17 @@ impl Engine {
     }
 
     /// A connection fired: continue its response, drain it, or read its next request.
-    fn on_event(self: &Arc<Self>, token: u64) -> Option<Incoming> {
-        let conn = self.slab().get(token)?;
+    fn on_event(self: &Arc<Self>, event: sys::Event) -> Option<Incoming> {
+        let conn = self.slab().get(event.token)?;
         if !conn.take() {
             return None;
         }
         let mut state = conn.state();
+        if event.peer_closed() {
+            // A short read no longer means the socket is empty: its end of stream is still to
+            // be read, and no new edge will announce it.
+            state.peer_closed = true;
+        }
         match std::mem::replace(&mut state.phase, Phase::Lingering) {
             Phase::Lingering => {
                 drop(state);
@@ -396,8 +424,6 @@ impl Engine {
                         state.consume(head.len);
                         drop(state);
                         conn.idle.store(false, Ordering::SeqCst);
-                        conn.handed_out
-                            .store(self.millis(Instant::now()), Ordering::Relaxed);
                         self.in_flight.fetch_add(1, Ordering::SeqCst);
                         let body = Body::new(
                             head.framing,
@@ -479,7 +505,6 @@ impl Engine {
     /// Finishes a request: drops what is left of its body if that is cheap, then writes the
     /// response as far as the socket takes it now and parks the rest.
     pub fn finish(self: &Arc<Self>, conn: &Arc<Conn>, body: &mut Body, mut output: Output) {
-        conn.handed_out.store(0, Ordering::Relaxed);
         if !body.is_done() && !body.discard_available(conn, self.limits.max_discard_bytes) {
             // The rest of the body may never come, or be huge: do not wait for it.
             output.keep_alive = false;
@@ -524,8 +549,10 @@ impl Engine {
         let mut state = conn.state();
         // With the next request buffered, or input the last read may have left in the socket,
         // have epoll report the connection again at once (it is writable: the response is out).
-        let again = !state.unread().is_empty() || !state.drained;
-        let (since, deadline) = if again {
+        // Only a buffered request starts its header clock now; otherwise the connection is idle.
+        let pipelined = !state.unread().is_empty();
+        let again = pipelined || !state.drained;
+        let (since, deadline) = if pipelined {
             (Some(now), now + self.limits.header_timeout)
         } else {
             state.release_buffer();
@@ -580,7 +607,6 @@ impl Engine {
 
     /// Forgets the connection; its socket closes when the last reference goes.
     pub fn close(&self, conn: &Conn) {
-        conn.handed_out.store(0, Ordering::Relaxed);
         let removed = self.slab().remove(conn.token);
         let _ = self.epoll.delete(conn.fd().as_raw_fd());
         sys::shutdown(conn.fd(), libc::SHUT_RDWR);
@@ -589,7 +615,6 @@ impl Engine {
 
     /// A connection leaves the engine for good ([`crate::Request::upgrade`]).
     pub fn detach(&self, conn: &Conn) {
-        conn.handed_out.store(0, Ordering::Relaxed);
         self.slab().remove(conn.token);
         let _ = self.epoll.delete(conn.fd().as_raw_fd());
     }
@@ -601,19 +626,13 @@ impl Engine {
         }
         let now = self.millis(Instant::now());
         let stopping = self.stopping.load(Ordering::SeqCst);
-        let stuck_since = now.saturating_sub(pollers::STUCK_AFTER.as_millis() as u64);
-        let mut stuck = 0;
         let expired: Vec<Arc<Conn>> = self
             .slab()
             .iter()
-            .inspect(|c| {
-                let handed_out = c.handed_out.load(Ordering::Relaxed);
-                stuck += usize::from(handed_out != 0 && handed_out <= stuck_since);
-            })
             .filter(|c| c.claim_expired(now, stopping && c.idle.load(Ordering::SeqCst)))
             .cloned()
             .collect();
-        self.pollers.set_stuck(stuck);
+        self.pollers.sweep(now);
         for conn in expired {
             let parked = std::mem::replace(&mut conn.state().phase, Phase::Lingering);
             if let Phase::Writing(mut output) = parked {

@@ -10,18 +10,36 @@
 //! sweep, and only when every polling thread is blocked at once.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-/// A handler running this long counts as stuck: another thread may poll in its place.
+/// A thread away from `recv` this long counts as stuck: another thread may poll in its place.
 pub const STUCK_AFTER: Duration = Duration::from_millis(50);
+
+/// One thread's whereabouts: 0 while it is in `recv`, else when it left (the sweeper's coarse
+/// clock, in ms).
+#[derive(Default)]
+pub struct Slot {
+    away_since: AtomicU64,
+}
+
+impl Slot {
+    /// The thread is back in `recv`.
+    pub fn enter(&self) {
+        self.away_since.store(0, Ordering::Relaxed);
+    }
+}
 
 pub struct Pollers {
     /// Threads that poll when no handler is stuck (the number of cores).
     base: usize,
-    /// `base` plus the handlers stuck at the last sweep.
+    /// `base` plus the threads stuck away at the last sweep.
     target: AtomicUsize,
+    /// The sweeper's clock (engine ms), for [`Slot`]s: reading it costs no system call.
+    now_ms: AtomicU64,
+    /// Every registered thread's slot, for the sweeper.
+    slots: Mutex<Vec<Weak<Slot>>>,
     /// Threads that have called `recv` on this engine and are still alive.
     threads: AtomicUsize,
     parked: AtomicUsize,
@@ -35,6 +53,8 @@ impl Pollers {
         Arc::new(Pollers {
             base,
             target: AtomicUsize::new(base),
+            now_ms: AtomicU64::new(2),
+            slots: Mutex::new(Vec::new()),
             threads: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
             lock: Mutex::new(()),
@@ -42,24 +62,37 @@ impl Pollers {
         })
     }
 
-    /// Counts the calling thread once (it is forgotten when the thread exits).
-    pub fn register(self: &Arc<Self>) {
+    /// Counts the calling thread once (it is forgotten when the thread exits) and returns its
+    /// slot.
+    pub fn register(self: &Arc<Self>) -> Arc<Slot> {
         thread_local! {
             static SEEN: RefCell<Registrations> = const { RefCell::new(Registrations(Vec::new())) };
         }
         SEEN.with(|seen| {
             let mut seen = seen.borrow_mut();
-            if seen
+            if let Some((_, slot)) = seen
                 .0
                 .iter()
-                .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(self)))
+                .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(self)))
             {
-                return;
+                return slot.clone();
             }
-            seen.0.retain(|w| w.strong_count() > 0);
-            seen.0.push(Arc::downgrade(self));
+            seen.0.retain(|(w, _)| w.strong_count() > 0);
+            let slot = Arc::new(Slot::default());
+            self.slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::downgrade(&slot));
+            seen.0.push((Arc::downgrade(self), slot.clone()));
             self.threads.fetch_add(1, Ordering::SeqCst);
-        });
+            slot
+        })
+    }
+
+    /// The thread of `slot` leaves `recv` (with a request, or for good).
+    pub fn leave(&self, slot: &Slot) {
+        slot.away_since
+            .store(self.now_ms.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// More threads are about than should poll: the caller should [`Pollers::park`].
@@ -106,8 +139,26 @@ impl Pollers {
         woken
     }
 
-    /// From the sweeper: `stuck` handlers have run longer than [`STUCK_AFTER`].
-    pub fn set_stuck(&self, stuck: usize) {
+    /// From the sweeper, at `now_ms` (engine ms): lets one more thread poll for each thread
+    /// away from `recv` longer than [`STUCK_AFTER`].
+    pub fn sweep(&self, now_ms: u64) {
+        self.now_ms.store(now_ms, Ordering::Relaxed);
+        let since = now_ms.saturating_sub(STUCK_AFTER.as_millis() as u64);
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|s| s.strong_count() > 0);
+        let stuck = slots
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|s| {
+                let away = s.away_since.load(Ordering::Relaxed);
+                away != 0 && away <= since
+            })
+            .count();
+        drop(slots);
+        self.set_stuck(stuck);
+    }
+
+    fn set_stuck(&self, stuck: usize) {
         let target = self.base.saturating_add(stuck);
         if self.target.swap(target, Ordering::SeqCst) < target {
             self.wake_all();
@@ -121,12 +172,13 @@ impl Pollers {
     }
 }
 
-/// The engines a thread has called `recv` on; its exit lowers their thread counts.
-struct Registrations(Vec<Weak<Pollers>>);
+/// The engines a thread has called `recv` on, with its slot in each; its exit lowers their
+/// thread counts (and its slots die with it).
+struct Registrations(Vec<(Weak<Pollers>, Arc<Slot>)>);
 
 impl Drop for Registrations {
     fn drop(&mut self) {
-        for pollers in self.0.iter().filter_map(Weak::upgrade) {
+        for pollers in self.0.iter().filter_map(|(w, _)| w.upgrade()) {
             pollers.threads.fetch_sub(1, Ordering::SeqCst);
             pollers.wake_all();
         }
@@ -156,7 +208,11 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(10), "never parked");
             std::thread::yield_now();
         }
-        pollers.set_stuck(1);
+        // This thread left `recv` at 1000 ms; at 1100 it has been away long enough.
+        let mine = pollers.register();
+        pollers.sweep(1000);
+        pollers.leave(&mine);
+        pollers.sweep(1100);
         assert!(parked.join().unwrap(), "woken, not timed out");
         assert_eq!(pollers.parked.load(Ordering::SeqCst), 0);
         // The spawned thread exited: only this one is counted.

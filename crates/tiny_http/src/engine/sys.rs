@@ -107,12 +107,12 @@ impl Epoll {
         self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
     }
 
-    /// Waits up to `timeout` (forever with `None`) for events; puts up to `tokens.len()` of
-    /// their tokens in `tokens` and returns how many.
-    pub fn wait(&self, tokens: &mut [u64], timeout: Option<Duration>) -> io::Result<usize> {
+    /// Waits up to `timeout` (forever with `None`) for events; fills up to `out.len()` of
+    /// them (at most 16) and returns how many.
+    pub fn wait(&self, out: &mut [Event], timeout: Option<Duration>) -> io::Result<usize> {
         const MAX: usize = 16;
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX];
-        let room = tokens.len().min(MAX) as libc::c_int;
+        let room = out.len().min(MAX) as libc::c_int;
         // SAFETY: `events` has room for `room` (<= MAX) events.
         let n = unsafe {
             libc::epoll_wait(
@@ -125,14 +125,32 @@ impl Epoll {
         match check(n) {
             Ok(n) => {
                 let n = n as usize;
-                for (token, event) in tokens.iter_mut().zip(&events[..n]) {
-                    *token = event.u64;
+                for (slot, event) in out.iter_mut().zip(&events[..n]) {
+                    *slot = Event {
+                        token: event.u64,
+                        bits: event.events,
+                    };
                 }
                 Ok(n)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// One event from [`Epoll::wait`]: whose, and what happened.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Event {
+    pub token: u64,
+    bits: u32,
+}
+
+impl Event {
+    /// The peer closed its side (or the connection failed): its end of stream waits to be
+    /// read even after a read that did not fill its buffer.
+    pub fn peer_closed(&self) -> bool {
+        self.bits & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
     }
 }
 
