@@ -30,7 +30,6 @@ pub use conn::Conn;
 use conn::{Phase, Slab, Stream};
 pub use output::Output;
 use output::Progress;
-pub use sys::Interest;
 
 use crate::Listener;
 use head::{Head, HeadLimits};
@@ -80,8 +79,6 @@ impl Default for Limits {
 const LISTENER: u64 = u64::MAX;
 const WAKER: u64 = u64::MAX - 1;
 const KICK: u64 = u64::MAX - 2;
-/// Events one `epoll_wait` takes at most; all but the first go to the shared queue.
-const BATCH: usize = 16;
 /// Bytes one event may push before the connection goes to the back of the queue.
 const PUSH_BUDGET: u64 = 4 << 20;
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
@@ -147,7 +144,7 @@ impl Engine {
         });
         engine
             .epoll
-            .add(engine.listener.raw_fd(), Interest::Read, LISTENER)?;
+            .add_listener(engine.listener.raw_fd(), LISTENER)?;
         engine.epoll.add_level(engine.waker.fd(), WAKER)?;
         engine.epoll.add_edge(engine.kick.fd(), KICK)?;
         let weak = Arc::downgrade(&engine);
@@ -235,17 +232,22 @@ impl Engine {
         let left = ready.len();
         self.ready_len.store(left, Ordering::SeqCst);
         drop(ready);
-        if left > 0 && self.waiting.load(Ordering::SeqCst) > 0 {
+        self.wake_for_queued(left);
+        event
+    }
+
+    /// Wakes one thread asleep in `epoll_wait`, if any, for `queued` events left in the queue.
+    fn wake_for_queued(&self, queued: usize) {
+        if queued > 0 && self.waiting.load(Ordering::SeqCst) > 0 {
             self.kick.signal();
         }
-        event
     }
 
     /// Waits for events and returns the first; the rest of the batch goes to the shared
     /// queue, with a waiting thread woken for it, so that none waits behind this thread's
     /// request. Taking many events per call saves `epoll_wait`s under load.
     fn wait_for_events(&self, timeout: Option<Duration>) -> io::Result<Option<sys::Event>> {
-        let mut events = [sys::Event::default(); BATCH];
+        let mut events = [sys::Event::default(); sys::MAX_EVENTS];
         self.waiting.fetch_add(1, Ordering::SeqCst);
         // Events queued after our last look, by a thread that saw nobody waiting yet: take
         // them instead of sleeping (its store and our count are both SeqCst, so one of us
@@ -260,11 +262,10 @@ impl Engine {
         if n > 1 {
             let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
             ready.extend(&events[1..n]);
-            self.ready_len.store(ready.len(), Ordering::SeqCst);
+            let queued = ready.len();
+            self.ready_len.store(queued, Ordering::SeqCst);
             drop(ready);
-            if self.waiting.load(Ordering::SeqCst) > 0 {
-                self.kick.signal();
-            }
+            self.wake_for_queued(queued);
         }
         Ok((n > 0).then_some(events[0]))
     }
@@ -336,7 +337,7 @@ impl Engine {
         if !self.stopping.load(Ordering::SeqCst)
             && self
                 .epoll
-                .rearm(self.listener.raw_fd(), Interest::Read, LISTENER)
+                .rearm_listener(self.listener.raw_fd(), LISTENER)
                 .is_err()
         {
             self.accept_paused.store(true, Ordering::SeqCst);

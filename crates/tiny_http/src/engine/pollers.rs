@@ -5,9 +5,10 @@
 //! waiting in the one epoll set, they take turns sleeping and waking: on 2 cores at c=1000,
 //! 4 threads slept 0.35 times per request and used 18–20 µs of CPU per narinfo hit, 2 threads
 //! 0.03 times and 15 µs. So only as many threads as cores poll; the others park here, and the
-//! sweeper lets one more poll for every handler that has run longer than [`STUCK_AFTER`].
-//! A handler that blocks therefore costs the other connections at most that long plus one
-//! sweep, and only when every polling thread is blocked at once.
+//! sweeper lets one more poll for every thread that has been away from `recv` longer than
+//! [`STUCK_AFTER`] (in a slow handler, busy after answering, serving an upgraded connection,
+//! or gone after a `try_recv`). Such a thread costs the other connections at most that long
+//! plus one sweep, and only when every polling thread is away at once.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -32,7 +33,7 @@ impl Slot {
 }
 
 pub struct Pollers {
-    /// Threads that poll when no handler is stuck (the number of cores).
+    /// Threads that poll when no thread is stuck away (the number of cores).
     base: usize,
     /// `base` plus the threads stuck away at the last sweep.
     target: AtomicUsize,

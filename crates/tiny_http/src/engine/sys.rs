@@ -27,20 +27,12 @@ fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
 /// An epoll instance.
 pub struct Epoll(OwnedFd);
 
-/// What the listener's one-shot registration waits for.
-#[derive(Clone, Copy)]
-pub enum Interest {
-    /// Readable: a connection to accept.
-    Read,
-}
+/// The listener's registration: one event when a connection waits to be accepted; after it
+/// fires, only [`Epoll::rearm_listener`] makes it fire again, so one thread at a time accepts.
+const LISTENER_EVENTS: u32 = (libc::EPOLLONESHOT | libc::EPOLLIN) as u32;
 
-impl Interest {
-    fn bits(self) -> u32 {
-        match self {
-            Interest::Read => (libc::EPOLLONESHOT | libc::EPOLLIN) as u32,
-        }
-    }
-}
+/// The most events one [`Epoll::wait`] returns.
+pub const MAX_EVENTS: usize = 16;
 
 /// A connection's registration: input, room for output, and the peer's close, reported once
 /// per change (edge-triggered). No `epoll_ctl` is needed between requests; [`Conn::take`]
@@ -66,14 +58,13 @@ impl Epoll {
         check(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut event) }).map(|_| ())
     }
 
-    /// Registers the listener for one event (`EPOLLONESHOT`): after it fires, only
-    /// [`Epoll::rearm`] makes it fire again, so one thread at a time accepts.
-    pub fn add(&self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, interest.bits(), token)
+    /// Registers the listener (see [`LISTENER_EVENTS`]).
+    pub fn add_listener(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, LISTENER_EVENTS, token)
     }
 
-    pub fn rearm(&self, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, interest.bits(), token)
+    pub fn rearm_listener(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, LISTENER_EVENTS, token)
     }
 
     /// Registers a connection (see [`CONNECTION_EVENTS`]).
@@ -108,12 +99,11 @@ impl Epoll {
     }
 
     /// Waits up to `timeout` (forever with `None`) for events; fills up to `out.len()` of
-    /// them (at most 16) and returns how many.
+    /// them (at most [`MAX_EVENTS`]) and returns how many.
     pub fn wait(&self, out: &mut [Event], timeout: Option<Duration>) -> io::Result<usize> {
-        const MAX: usize = 16;
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX];
-        let room = out.len().min(MAX) as libc::c_int;
-        // SAFETY: `events` has room for `room` (<= MAX) events.
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        let room = out.len().min(MAX_EVENTS) as libc::c_int;
+        // SAFETY: `events` has room for `room` (<= MAX_EVENTS) events.
         let n = unsafe {
             libc::epoll_wait(
                 self.0.as_raw_fd(),
