@@ -13,17 +13,69 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn server(pollers: usize) -> (Arc<tiny_http::Server>, u16) {
+fn server_with(limits: tiny_http::Limits) -> (Arc<tiny_http::Server>, u16) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let limits = tiny_http::Limits {
-        pollers,
-        ..tiny_http::Limits::default()
-    };
     (
         Arc::new(tiny_http::Server::with_limits(listener, limits).unwrap()),
         port,
     )
+}
+
+fn server(pollers: usize) -> (Arc<tiny_http::Server>, u16) {
+    server_with(tiny_http::Limits {
+        pollers,
+        ..tiny_http::Limits::default()
+    })
+}
+
+/// `threads` workers answering "done", after sleeping `slow` for `/slow`.
+fn serve_slow(server: &Arc<tiny_http::Server>, threads: usize, slow: Duration) {
+    for _ in 0..threads {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            while let Ok(request) = server.recv() {
+                if request.url() == "/slow" {
+                    std::thread::sleep(slow);
+                }
+                let _ = request.respond(tiny_http::Response::from_string("done"));
+            }
+        });
+    }
+}
+
+/// Opens `n` kept-alive connections (one request each, answered), then sends `/slow` on all of
+/// them at once: for each, how long after the burst its answer ended and whether it came.
+fn slow_burst(port: u16, n: usize) -> Vec<(Duration, bool)> {
+    let mut conns: Vec<TcpStream> = (0..n)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    for c in &mut conns {
+        write!(c, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut b = [0u8; 256];
+        assert!(c.read(&mut b).unwrap() > 0);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    for c in &mut conns {
+        write!(
+            c,
+            "GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+    }
+    let readers: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let _ = c.read_to_string(&mut s);
+                (started.elapsed(), s.ends_with("done"))
+            })
+        })
+        .collect();
+    readers.into_iter().map(|r| r.join().unwrap()).collect()
 }
 
 fn get(port: u16, path: &str) -> (Duration, String) {
@@ -133,58 +185,12 @@ fn a_burst_of_slow_requests_spreads_over_every_idle_thread() {
     let _turn = one_at_a_time();
     const N: usize = 8;
     let (server, port) = server(N);
-    for _ in 0..N {
-        let server = server.clone();
-        std::thread::spawn(move || {
-            while let Ok(request) = server.recv() {
-                if request.url() == "/slow" {
-                    std::thread::sleep(Duration::from_millis(2000));
-                }
-                let _ = request.respond(tiny_http::Response::from_string("done"));
-            }
-        });
-    }
+    serve_slow(&server, N, Duration::from_millis(2000));
     std::thread::sleep(Duration::from_millis(300));
     let mut worst = Duration::ZERO;
     for round in 0..2 {
-        // Connect and warm up N keep-alive connections.
-        let mut conns: Vec<TcpStream> = (0..N)
-            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
-            .collect();
-        for c in &mut conns {
-            write!(c, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut b = [0u8; 256];
-            let n = c.read(&mut b).unwrap();
-            assert!(n > 0);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        let started = Instant::now();
-        for c in &mut conns {
-            write!(
-                c,
-                "GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-        }
-        let mut times = vec![];
-        let handles: Vec<_> = conns
-            .into_iter()
-            .map(|mut c| {
-                std::thread::spawn(move || {
-                    let mut s = String::new();
-                    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    let _ = c.read_to_string(&mut s);
-                    (started.elapsed(), s.ends_with("done"))
-                })
-            })
-            .collect();
-        for h in handles {
-            times.push(h.join().unwrap());
-        }
-        eprintln!(
-            "round {round}: {:?}",
-            times.iter().map(|t| t.0.as_millis()).collect::<Vec<_>>()
-        );
+        let times = slow_burst(port, N);
+        eprintln!("round {round}: {times:?}");
         worst = worst.max(times.iter().map(|t| t.0).max().unwrap());
     }
     server.unblock();
@@ -201,63 +207,18 @@ fn a_burst_of_slow_requests_spreads_over_every_idle_thread() {
 fn a_queued_request_is_not_closed_unanswered_while_threads_sleep() {
     let _turn = one_at_a_time();
     const N: usize = 8;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let limits = tiny_http::Limits {
+    let (server, port) = server_with(tiny_http::Limits {
         pollers: N,
         idle_timeout: Duration::from_millis(1500),
         ..tiny_http::Limits::default()
-    };
-    let server = Arc::new(tiny_http::Server::with_limits(listener, limits).unwrap());
-    for _ in 0..N {
-        let server = server.clone();
-        std::thread::spawn(move || {
-            while let Ok(request) = server.recv() {
-                if request.url() == "/slow" {
-                    std::thread::sleep(Duration::from_millis(3000));
-                }
-                let _ = request.respond(tiny_http::Response::from_string("done"));
-            }
-        });
-    }
+    });
+    serve_slow(&server, N, Duration::from_millis(3000));
     std::thread::sleep(Duration::from_millis(300));
     let mut lost = 0;
     for round in 0..2 {
-        let mut conns: Vec<TcpStream> = (0..N)
-            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
-            .collect();
-        for c in &mut conns {
-            write!(c, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut b = [0u8; 256];
-            assert!(c.read(&mut b).unwrap() > 0);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let started = Instant::now();
-        for c in &mut conns {
-            write!(
-                c,
-                "GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-        }
-        let handles: Vec<_> = conns
-            .into_iter()
-            .map(|mut c| {
-                std::thread::spawn(move || {
-                    let mut s = String::new();
-                    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    let r = c.read_to_string(&mut s);
-                    (
-                        started.elapsed().as_millis(),
-                        s.ends_with("done"),
-                        r.is_ok(),
-                    )
-                })
-            })
-            .collect();
-        let res: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        eprintln!("round {round}: {res:?}");
-        lost += res.iter().filter(|r| !r.1).count();
+        let answers = slow_burst(port, N);
+        eprintln!("round {round}: {answers:?}");
+        lost += answers.iter().filter(|a| !a.1).count();
         std::thread::sleep(Duration::from_millis(3500));
     }
     server.unblock();
@@ -312,14 +273,11 @@ fn a_half_close_sent_with_the_request_closes_after_the_answer() {
 #[test]
 fn a_body_read_keeps_the_idle_timeout() {
     let _turn = one_at_a_time();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let limits = tiny_http::Limits {
+    let (server, port) = server_with(tiny_http::Limits {
         header_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(5),
         ..tiny_http::Limits::default()
-    };
-    let server = Arc::new(tiny_http::Server::with_limits(listener, limits).unwrap());
+    });
     {
         let server = server.clone();
         std::thread::spawn(move || {
